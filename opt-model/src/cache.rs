@@ -1,0 +1,79 @@
+//! Preallocated key/value cache for incremental decoding.
+
+use burn::prelude::*;
+
+/// One layer's keys and values: [b, heads, capacity, head_dim], filled up to `len`.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    len: usize,
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// An empty cache able to hold `capacity` positions.
+    pub fn new(batch: usize, heads: usize, capacity: usize, head_dim: usize, device: &B::Device) -> Self {
+        let shape = [batch, heads, capacity, head_dim];
+        Self {
+            k: Tensor::zeros(shape, device),
+            v: Tensor::zeros(shape, device),
+            len: 0,
+        }
+    }
+
+    /// Write the new positions' k/v ([b, h, t, hd]) after the cached ones; return all keys and values so far.
+    pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, h, t, hd] = k.dims();
+        let end = self.len + t;
+        let capacity = self.k.dims()[2];
+        assert!(end <= capacity, "KV cache overflow: {end} positions > capacity {capacity}");
+        let range = [0..b, 0..h, self.len..end, 0..hd];
+        self.k = self.k.clone().slice_assign(range.clone(), k);
+        self.v = self.v.clone().slice_assign(range, v);
+        self.len = end;
+        let used = [0..b, 0..h, 0..end, 0..hd];
+        (self.k.clone().slice(used.clone()), self.v.clone().slice(used))
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The cache of every layer of a decoder.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerCache<B>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Preallocate `capacity` positions for each of the model's layers.
+    pub fn new(config: &crate::OptConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
+        let layer = LayerCache::new(
+            batch,
+            config.num_attention_heads,
+            capacity,
+            config.head_dim(),
+            device,
+        );
+        Self {
+            layers: vec![layer; config.num_hidden_layers],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::len)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,9 @@
+//! The OPT pre-training recipe: initialisation, AdamW, schedule, global clipping and the loop.
+
+pub mod init;
+pub mod optim;
+pub mod schedule;
+
+pub use init::{init_model, INIT_STD};
+pub use optim::{clip_grad_norm, AdamWSettings, DecayRule, OptAdamW};
+pub use schedule::LrSchedule;

@@ -1,0 +1,125 @@
+//! The one backend-specific module: maps a `--backend` / `OPT_BACKEND` choice to a concrete Burn type.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::AutodiffBackend;
+
+/// A compute backend, selected at run time among those compiled in (cargo features).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Burn's `Flex` CPU backend (default: fastest CPU matmul here).
+    Flex,
+    /// Burn's `NdArray` CPU backend.
+    NdArray,
+    /// Burn's `Wgpu` backend (Vulkan/Metal/DX12; lavapipe on CPU-only machines).
+    Wgpu,
+    /// Burn's `Cuda` backend (NVIDIA GPUs).
+    Cuda,
+}
+
+/// Why a backend cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("unknown backend `{0}`; choose one of flex, ndarray, wgpu, cuda")]
+    Unknown(String),
+    #[error("backend `{0}` is not compiled into this build; rebuild with `--features {0}`")]
+    NotCompiled(BackendKind),
+    #[error("backend `{kind}` is compiled in but no usable device was found: {message}")]
+    Unavailable { kind: BackendKind, message: String },
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Flex => "flex",
+            Self::NdArray => "ndarray",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "flex" => Ok(Self::Flex),
+            "ndarray" => Ok(Self::NdArray),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(BackendError::Unknown(s.into())),
+        }
+    }
+}
+
+impl BackendKind {
+    /// `OPT_BACKEND` from the environment (default `flex`).
+    pub fn from_env() -> Result<Self, BackendError> {
+        std::env::var("OPT_BACKEND")
+            .map_or(Ok(Self::Flex), |s| s.parse())
+    }
+}
+
+/// Code generic over the backend, run by [`run`] on the chosen one.
+pub trait BackendTask {
+    type Output;
+    /// Run on backend `B` (an autodiff backend; use `.valid()` modules for inference).
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Run `task` on `kind`, after checking that the backend is compiled in and its device works.
+pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, BackendError> {
+    match kind {
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => Ok(task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default())),
+        #[cfg(feature = "ndarray")]
+        BackendKind::NdArray => {
+            Ok(task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()))
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            type B = burn::backend::Autodiff<burn::backend::Wgpu>;
+            let device = burn::backend::wgpu::WgpuDevice::default();
+            probe::<B>(kind, &device)?;
+            Ok(task.run::<B>(device))
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            type B = burn::backend::Autodiff<burn::backend::Cuda>;
+            let device = burn::backend::cuda::CudaDevice::default();
+            probe::<B>(kind, &device)?;
+            Ok(task.run::<B>(device))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(BackendError::NotCompiled(other)),
+    }
+}
+
+/// GPU backends panic deep inside on first use when no device/driver exists: try one op first.
+#[allow(dead_code)]
+fn probe<B: AutodiffBackend>(kind: BackendKind, device: &B::Device) -> Result<(), BackendError> {
+    use burn::tensor::Tensor;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = Tensor::<B, 1>::ones([4], device);
+        t.sum().into_data().convert::<f32>().to_vec::<f32>().map(|v| v[0])
+    }));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(Ok(v)) if v == 4.0 => Ok(()),
+        Ok(other) => Err(BackendError::Unavailable {
+            kind,
+            message: format!("a test reduction returned {other:?}"),
+        }),
+        Err(panic) => Err(BackendError::Unavailable {
+            kind,
+            message: panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the backend panicked while starting".into()),
+        }),
+    }
+}

@@ -1,0 +1,9 @@
+//! OPT on Burn: re-exports the model, data and training libraries, and selects a backend.
+
+pub mod backend;
+
+pub use opt_data as data;
+pub use opt_model as model;
+pub use opt_train as train;
+
+pub use backend::{BackendError, BackendKind, BackendTask};
