@@ -94,7 +94,7 @@ impl BackendTask for RoundTrip {
             assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
             // And the config survives: reloading gives the same model config.
             let again = checkpoint::load_pretrained::<B>(out.path(), &device).unwrap();
-            assert_eq!(again.config, model.config);
+            assert_eq!(again.config.to_json(), model.config.to_json());
             println!("{}: round trip bit-identical ({} tensors)", dir.display(), original.len());
         }
     }
@@ -149,8 +149,8 @@ impl BackendTask for Variants {
             for (n, s) in &reference {
                 for (a, e) in got[n].values.iter().zip(&s.values) {
                     let rounded = match dtype {
-                        Dtype::F16 => half::f16::from_f64(*e).to_f64(),
-                        _ => half::bf16::from_f64(*e).to_f64(),
+                        Dtype::F16 => half::f16::from_f32(*e as f32).to_f64(),
+                        _ => half::bf16::from_f32(*e as f32).to_f64(),
                     };
                     assert_eq!(*a, rounded, "{dtype:?} {n}");
                 }
@@ -297,7 +297,8 @@ fn config_defaults_and_unknown_fields() {
     assert_eq!((c.pad_token_id, c.bos_token_id, c.eos_token_id), (1, 2, 2));
     assert_eq!(c.embed_dim(), 64);
     let again = OptConfig::from_json(&c.to_json()).unwrap();
-    assert_eq!(again, c);
+    assert_eq!(again.to_json(), c.to_json());
+    assert_eq!((again.hidden_size, again.vocab_size, again.embed_dim()), (64, 50272, 64));
     let written: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
     assert_eq!(written["some_future_field"], serde_json::json!([1, 2]));
     assert_eq!(written["model_type"], "opt");

@@ -240,10 +240,13 @@ impl OptConfig {
             ("model_type", serde_json::json!("opt")),
             ("architectures", serde_json::json!(["OPTForCausalLM"])),
             ("tie_word_embeddings", serde_json::json!(true)),
-            ("torch_dtype", serde_json::json!("float32")),
             ("use_cache", serde_json::json!(true)),
         ] {
             map.entry(key).or_insert(default);
+        }
+        // transformers 4 reads `torch_dtype`, 5 reads `dtype`; our weights are float32.
+        if !map.contains_key("dtype") && !map.contains_key("torch_dtype") {
+            map.insert("torch_dtype".into(), "float32".into());
         }
         serde_json::to_string_pretty(&value).expect("config serialises")
     }
