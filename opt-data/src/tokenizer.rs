@@ -51,12 +51,16 @@ impl OptTokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let json = dir.join("tokenizer.json");
+        let config = dir.join("tokenizer_config.json");
         if json.is_file() {
-            return Self::from_tokenizer_json(&json);
+            let mut tokenizer = Self::from_tokenizer_json(&json)?;
+            // A tokenizer.json decides BOS through its post-processor unless a config says otherwise.
+            tokenizer.add_bos = config.is_file() && read_add_bos(&config);
+            return Ok(tokenizer);
         }
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if vocab.is_file() && merges.is_file() {
-            let add_bos = read_add_bos(&dir.join("tokenizer_config.json"));
+            let add_bos = read_add_bos(&config);
             return Self::from_vocab_merges(&vocab, &merges, add_bos);
         }
         Err(TokenizerError::NotFound { dir: dir.into() })
@@ -125,6 +129,42 @@ impl OptTokenizer {
     pub fn adds_bos(&self) -> bool {
         self.add_bos
     }
+}
+
+/// Train a byte-level BPE on `texts` with OPT's special tokens at ids 0..3, and write
+/// `tokenizer.json` + `tokenizer_config.json` (add_bos_token: true) into `out_dir`.
+pub fn train_bpe<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
+    vocab_size: usize,
+    out_dir: &Path,
+) -> Result<OptTokenizer, TokenizerError> {
+    use tokenizers::models::bpe::BpeTrainerBuilder;
+    use tokenizers::{NormalizerWrapper, TokenizerBuilder};
+    let err = |e: tokenizers::Error| TokenizerError::Load { path: out_dir.into(), message: e.to_string() };
+    let specials = ["<s>", "<pad>", "</s>", "<unk>"].map(|t| AddedToken::from(t, true)).to_vec();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .special_tokens(specials)
+        .initial_alphabet(ByteLevel::alphabet())
+        .show_progress(false)
+        .build();
+    let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+        .with_post_processor(Some(ByteLevel::default().trim_offsets(false)))
+        .with_decoder(Some(ByteLevel::default()))
+        .build()
+        .map_err(err)?;
+    tokenizer.train(&mut trainer, texts).map_err(err)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| TokenizerError::Load { path: out_dir.into(), message: e.to_string() })?;
+    let json = out_dir.join("tokenizer.json");
+    tokenizer.save(&json, false).map_err(err)?;
+    let config = serde_json::json!({"add_bos_token": true, "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"});
+    std::fs::write(out_dir.join("tokenizer_config.json"), config.to_string())
+        .map_err(|e| TokenizerError::Load { path: out_dir.into(), message: e.to_string() })?;
+    OptTokenizer::from_dir(out_dir)
 }
 
 fn read_add_bos(config: &Path) -> bool {

@@ -1,0 +1,131 @@
+//! Document packing and batching: documents joined with `</s>`, cut into blocks of `seq_len + 1`
+//! tokens across document boundaries (metaseq's break mode "none"), visited in a seeded shuffled
+//! order that a cursor can resume exactly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tokenizer::{special, OptTokenizer, TokenizerError};
+
+/// Tokenize documents in parallel and join them, each followed by `</s>`.
+pub fn pack_documents(tokenizer: &OptTokenizer, documents: &[&str]) -> Result<Vec<u32>, TokenizerError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(documents.len().max(1));
+    let chunk = documents.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<u32>, TokenizerError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = documents
+            .chunks(chunk)
+            .map(|docs| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for doc in docs {
+                        out.extend(tokenizer.encode_plain(doc)?);
+                        out.push(special::EOS);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("tokenizer thread")).collect()
+    });
+    let mut tokens = Vec::new();
+    for part in parts {
+        tokens.extend(part?);
+    }
+    Ok(tokens)
+}
+
+/// Where a loader is in its stream of batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u64,
+    /// Index into this epoch's shuffled block order.
+    pub position: u64,
+}
+
+/// Blocks of `seq_len + 1` tokens in a seeded order per epoch.
+#[derive(Debug, Clone)]
+pub struct BlockLoader {
+    tokens: Vec<u32>,
+    seq_len: usize,
+    seed: u64,
+    order: Vec<u32>,
+    order_epoch: Option<u64>,
+}
+
+/// A batch as flat row-major ids: inputs = block[:-1], targets = block[1:].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub inputs: Vec<i64>,
+    pub targets: Vec<i64>,
+}
+
+impl BlockLoader {
+    /// A loader over `tokens`; the last partial block is dropped.
+    pub fn new(tokens: Vec<u32>, seq_len: usize, seed: u64) -> Self {
+        Self { tokens, seq_len, seed, order: Vec::new(), order_epoch: None }
+    }
+
+    /// Number of whole blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.tokens.len() / (self.seq_len + 1)
+    }
+
+    /// Tokens of block `i`.
+    pub fn block(&self, i: usize) -> &[u32] {
+        let n = self.seq_len + 1;
+        &self.tokens[i * n..(i + 1) * n]
+    }
+
+    /// The shuffled order of epoch `epoch` (a Fisher-Yates shuffle from splitmix64(seed, epoch)).
+    pub fn order(&mut self, epoch: u64) -> &[u32] {
+        if self.order_epoch != Some(epoch) {
+            let mut order: Vec<u32> = (0..self.num_blocks() as u32).collect();
+            let mut state = self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for i in (1..order.len()).rev() {
+                let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+                order.swap(i, j);
+            }
+            self.order = order;
+            self.order_epoch = Some(epoch);
+        }
+        &self.order
+    }
+
+    /// The next `batch_size` blocks after `cursor`, advancing it (wrapping into the next epoch).
+    pub fn next_batch(&mut self, cursor: &mut Cursor, batch_size: usize) -> Batch {
+        assert!(self.num_blocks() > 0, "no whole block of {} tokens", self.seq_len + 1);
+        let mut inputs = Vec::with_capacity(batch_size * self.seq_len);
+        let mut targets = Vec::with_capacity(batch_size * self.seq_len);
+        for _ in 0..batch_size {
+            if cursor.position as usize >= self.num_blocks() {
+                *cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
+            }
+            let index = self.order(cursor.epoch)[cursor.position as usize] as usize;
+            let block = self.block(index);
+            inputs.extend(block[..self.seq_len].iter().map(|&t| t as i64));
+            targets.extend(block[1..].iter().map(|&t| t as i64));
+            cursor.position += 1;
+        }
+        Batch { batch_size, seq_len: self.seq_len, inputs, targets }
+    }
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Stable per-document train/valid assignment: FNV-1a hash of the text, then a seeded fraction.
+pub fn is_valid_document(text: &str, seed: u64, valid_fraction: f64) -> bool {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in text.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    let mut s = h;
+    (splitmix64(&mut s) as f64 / u64::MAX as f64) < valid_fraction
+}
