@@ -1,5 +1,6 @@
 //! Data for OPT: tokenizers, corpora, document packing, token shards and batches.
 
+pub mod corpora;
 pub mod corpus;
 pub mod packing;
 pub mod shard;

@@ -146,7 +146,7 @@ pub fn train_bpe<S: AsRef<str> + Send>(
         .vocab_size(vocab_size)
         .min_frequency(2)
         .special_tokens(specials)
-        .initial_alphabet(ByteLevel::alphabet())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .show_progress(false)
         .build();
     let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()

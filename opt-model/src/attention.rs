@@ -48,16 +48,20 @@ impl<B: Backend> OptAttention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let head_dim = d / self.num_heads;
-        let heads = |x: Tensor<B, 3>| x.reshape([b, t, self.num_heads, head_dim]).swap_dims(1, 2);
+        // [b, t, heads, head_dim]: head h owns features [h * head_dim, (h + 1) * head_dim).
+        let split = |x: Tensor<B, 3>| x.reshape([b, t, self.num_heads, head_dim]);
         // HF/metaseq scale q after its bias, so the bias is scaled too; scores are not scaled again.
-        let q = heads(self.q_proj.forward(x.clone()) * (head_dim as f64).powf(-0.5));
-        let mut k = heads(self.k_proj.forward(x.clone()));
-        let mut v = heads(self.v_proj.forward(x));
+        let q = split(self.q_proj.forward(x.clone()) * (head_dim as f64).powf(-0.5));
+        let mut k = split(self.k_proj.forward(x.clone()));
+        let mut v = split(self.v_proj.forward(x));
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v);
         }
+        let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let mut scores = q.matmul(k.swap_dims(2, 3));
         if let Some(mask) = mask {
+            // Expanded to every head explicitly: broadcasting a [b, 1, ..] mask is not reliable on all backends.
+            let mask = mask.expand(scores.dims());
             // A finite fill (like HF eager's finfo.min) keeps fully hidden pad rows finite, not NaN.
             scores = scores.mask_fill(mask, f32::MIN);
         }
@@ -91,7 +95,7 @@ pub fn build_attention_mask<B: Backend>(
     });
     let padding = attention_mask
         .filter(|m| !all_ones(m))
-        .map(|m| m.clone().equal_elem(0).reshape([batch, 1, 1, s]).expand([batch, 1, t, s]));
+        .map(|m| m.clone().reshape([batch, 1, 1, s]).expand([batch, 1, t, s]).equal_elem(0));
     match (causal, padding) {
         (Some(c), Some(p)) => Some(c.bool_or(p)),
         (c, p) => c.or(p),

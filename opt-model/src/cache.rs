@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 
-/// One layer's keys and values: [b, heads, capacity, head_dim], filled up to `len`.
+/// One layer's keys and values: [b, capacity, heads, head_dim], filled up to `len`.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
     k: Tensor<B, 4>,
@@ -13,7 +13,7 @@ pub struct LayerCache<B: Backend> {
 impl<B: Backend> LayerCache<B> {
     /// An empty cache able to hold `capacity` positions.
     pub fn new(batch: usize, heads: usize, capacity: usize, head_dim: usize, device: &B::Device) -> Self {
-        let shape = [batch, heads, capacity, head_dim];
+        let shape = [batch, capacity, heads, head_dim];
         Self {
             k: Tensor::zeros(shape, device),
             v: Tensor::zeros(shape, device),
@@ -21,17 +21,17 @@ impl<B: Backend> LayerCache<B> {
         }
     }
 
-    /// Write the new positions' k/v ([b, h, t, hd]) after the cached ones; return all keys and values so far.
+    /// Write the new positions' k/v ([b, t, h, hd]) after the cached ones; return all keys and values so far.
     pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, h, t, hd] = k.dims();
+        let [b, t, h, hd] = k.dims();
         let end = self.len + t;
-        let capacity = self.k.dims()[2];
+        let capacity = self.k.dims()[1];
         assert!(end <= capacity, "KV cache overflow: {end} positions > capacity {capacity}");
-        let range = [0..b, 0..h, self.len..end, 0..hd];
+        let range = [0..b, self.len..end, 0..h, 0..hd];
         self.k = self.k.clone().slice_assign(range.clone(), k);
         self.v = self.v.clone().slice_assign(range, v);
         self.len = end;
-        let used = [0..b, 0..h, 0..end, 0..hd];
+        let used = [0..b, 0..end, 0..h, 0..hd];
         (self.k.clone().slice(used.clone()), self.v.clone().slice(used))
     }
 

@@ -67,14 +67,21 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> OptAdamW<M, B> {
         }
     }
 
-    /// The optimizer state of both groups, for checkpoints.
-    pub fn to_record(&self) -> (<Adaptor<M, B> as Optimizer<M, B>>::Record, <Adaptor<M, B> as Optimizer<M, B>>::Record) {
-        (self.decayed.to_record(), self.not_decayed.to_record())
+    /// Save the state of both groups (Burn records keyed by parameter id) under `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> Result<(), burn::record::RecorderError> {
+        use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        recorder.record(self.decayed.to_record(), dir.join("optim-decay"))?;
+        recorder.record(self.not_decayed.to_record(), dir.join("optim-no-decay"))
     }
 
-    /// Restore state saved by [`Self::to_record`].
-    pub fn load_record(self, record: (<Adaptor<M, B> as Optimizer<M, B>>::Record, <Adaptor<M, B> as Optimizer<M, B>>::Record)) -> Self {
-        Self { decayed: self.decayed.load_record(record.0), not_decayed: self.not_decayed.load_record(record.1), rule: self.rule }
+    /// Restore state written by [`Self::save`].
+    pub fn load(self, dir: &std::path::Path, device: &B::Device) -> Result<Self, burn::record::RecorderError> {
+        use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let decayed = recorder.load(dir.join("optim-decay"), device)?;
+        let not_decayed = recorder.load(dir.join("optim-no-decay"), device)?;
+        Ok(Self { decayed: self.decayed.load_record(decayed), not_decayed: self.not_decayed.load_record(not_decayed), rule: self.rule })
     }
 }
 

@@ -1,0 +1,293 @@
+//! The step-based training loop: gradient accumulation to the paper's token batch, warmup + linear
+//! decay, global clipping, AdamW, metrics, validation, atomic checkpoints and exact resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::AutodiffBackend;
+use opt_data::{BlockLoader, Cursor};
+use opt_model::{loss, Opt, OptConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::init::init_model;
+use crate::optim::{clip_grad_norm, AdamWSettings, OptAdamW};
+use crate::schedule::LrSchedule;
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("{out}: resume asked for, but no complete checkpoint was found under {out}/checkpoints")]
+    NothingToResume { out: PathBuf },
+}
+
+/// Everything that defines a run; written to `OUT/config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub preset: String,
+    pub model: OptConfig,
+    pub seq_len: usize,
+    /// Sequences per forward/backward pass.
+    pub micro_batch: usize,
+    /// Micro-batches per update (tokens per update = seq_len * micro_batch * grad_accum).
+    pub grad_accum: usize,
+    pub max_steps: u64,
+    pub schedule: LrSchedule,
+    /// Global gradient-norm clip (<= 0 disables).
+    pub clip_norm: f64,
+    pub adamw: AdamWSettings,
+    pub init_std: f64,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    pub eval_every: u64,
+    pub eval_batches: usize,
+    /// Peak FLOP/s of the device, for an MFU estimate (0 = unknown).
+    pub peak_flops: f64,
+}
+
+impl TrainConfig {
+    /// Tokens per optimizer update.
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.seq_len * self.micro_batch * self.grad_accum) as u64
+    }
+
+    /// Check the values a run cannot start with.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.seq_len == 0 || self.seq_len > self.model.max_position_embeddings {
+            return bad(format!("seq_len {} must be in 1..={} (max_position_embeddings)", self.seq_len, self.model.max_position_embeddings));
+        }
+        if self.micro_batch == 0 || self.grad_accum == 0 || self.max_steps == 0 {
+            return bad("micro_batch, grad_accum and max_steps must be at least 1".into());
+        }
+        self.model.validate().map_err(|(f, m)| TrainError::Config(format!("model.{f}: {m}")))
+    }
+}
+
+/// Training and validation token streams (documents joined with `</s>`).
+pub struct TrainData {
+    pub train: Vec<u32>,
+    pub valid: Vec<u32>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub clip_coef: f64,
+    pub tokens_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_ppl: Option<f64>,
+    /// True when the update was skipped because a gradient was not finite.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub skipped: bool,
+}
+
+/// Where the loop is: saved in every checkpoint as `state.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LoopState {
+    step: u64,
+    tokens: u64,
+    cursor: Cursor,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    pub median_tokens_per_second: f64,
+    pub resumed_from: Option<u64>,
+}
+
+type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+/// Train (or, with `resume`, continue) a run in `out`; returns the trained model.
+pub fn train<B: AutodiffBackend>(
+    config: &TrainConfig,
+    data: &TrainData,
+    out: &Path,
+    resume: bool,
+    device: &B::Device,
+    mut on_step: impl FnMut(&StepMetrics),
+) -> Result<(Opt<B>, TrainSummary), TrainError> {
+    config.validate()?;
+    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io { path: path.into(), message: e.to_string() };
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| io(out, &e))?;
+    B::seed(device, config.seed);
+    let mut model: Opt<B> = init_model(&config.model, config.init_std, device);
+    let mut optim = OptAdamW::<Opt<B>, B>::new(&config.adamw);
+    let mut state = LoopState::default();
+    let mut resumed_from = None;
+    if resume {
+        let mut restored = None;
+        for dir in checkpoint_dirs(out) {
+            let attempt = (|| -> Result<_, String> {
+                let m = init_model::<B>(&config.model, config.init_std, device).load_file(dir.join("model"), &Rec::new(), device).map_err(|e| e.to_string())?;
+                let o = OptAdamW::<Opt<B>, B>::new(&config.adamw).load(&dir, device).map_err(|e| e.to_string())?;
+                let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| e.to_string())?;
+                let st: LoopState = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                Ok((m, o, st))
+            })();
+            match attempt {
+                Ok(r) => {
+                    eprintln!("resuming from {} (step {})", dir.display(), r.2.step);
+                    restored = Some(r);
+                    break;
+                }
+                Err(e) => eprintln!("warning: checkpoint {} is unreadable ({e}); falling back to the previous one", dir.display()),
+            }
+        }
+        let (m, o, st) = restored.ok_or_else(|| TrainError::NothingToResume { out: out.into() })?;
+        (model, optim, state) = (m, o, st);
+        resumed_from = Some(state.step);
+    } else {
+        // A fresh run must not append to another run's metrics.
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    }
+    let mut loader = BlockLoader::new(data.train.clone(), config.seq_len, config.seed);
+    if loader.num_blocks() < config.micro_batch {
+        return Err(TrainError::Config(format!(
+            "the training data has {} tokens: fewer than one micro-batch of {} x {} tokens",
+            data.train.len(), config.micro_batch, config.seq_len + 1
+        )));
+    }
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| io(&metrics_path, &e))?;
+    let flops_per_token = 6.0 * config.model.num_params() as f64
+        + 12.0 * (config.model.num_hidden_layers * config.model.hidden_size * config.seq_len) as f64;
+
+    let mut summary = TrainSummary { steps: state.step, first_loss: None, last_loss: None, last_val_loss: None, median_tokens_per_second: 0.0, resumed_from };
+    let mut speeds = Vec::new();
+    while state.step < config.max_steps {
+        let step = state.step + 1;
+        let started = Instant::now();
+        // Dropout draws from the backend RNG; seeding per step makes a resumed run identical.
+        B::seed(device, config.seed.wrapping_add(step.wrapping_mul(0x9E37_79B9)));
+        let lr = config.schedule.lr(step);
+        let mut accumulator = GradientsAccumulator::<Opt<B>>::new();
+        let mut loss_sum = 0.0;
+        for _ in 0..config.grad_accum {
+            let batch = loader.next_batch(&mut state.cursor, config.micro_batch);
+            let [inputs, targets] = [batch.inputs, batch.targets].map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [config.micro_batch, config.seq_len]), device));
+            let logits = model.forward(inputs, None, None);
+            let loss = loss::cross_entropy(logits, targets) / config.grad_accum as f64;
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let mut grads = accumulator.grads();
+        let (grad_norm, clip_coef) = clip_grad_norm(&model, &mut grads, config.clip_norm);
+        let skipped = !grad_norm.is_finite() || !loss_sum.is_finite();
+        if skipped {
+            eprintln!("warning: step {step}: non-finite loss or gradient (loss {loss_sum}, norm {grad_norm}); update skipped");
+        } else {
+            model = optim.step(lr, model, grads);
+        }
+        state.step = step;
+        state.tokens += config.tokens_per_step();
+        let seconds = started.elapsed().as_secs_f64();
+        let tokens_per_second = config.tokens_per_step() as f64 / seconds;
+        speeds.push(tokens_per_second);
+        let mut m = StepMetrics {
+            step, tokens: state.tokens, loss: loss_sum, lr, grad_norm, clip_coef, tokens_per_second,
+            mfu: (config.peak_flops > 0.0).then(|| tokens_per_second * flops_per_token / config.peak_flops),
+            val_loss: None, val_ppl: None, skipped,
+        };
+        if config.eval_every > 0 && (step % config.eval_every == 0 || step == config.max_steps) && !data.valid.is_empty() {
+            let val = evaluate(&model.valid(), &data.valid, config.seq_len, config.micro_batch, config.eval_batches, device);
+            if let Some(v) = val {
+                m.val_loss = Some(v);
+                m.val_ppl = Some(v.exp());
+                summary.last_val_loss = Some(v);
+            }
+        }
+        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise")).map_err(|e| io(&metrics_path, &e))?;
+        summary.first_loss.get_or_insert(m.loss);
+        summary.last_loss = Some(m.loss);
+        summary.steps = step;
+        on_step(&m);
+        if config.checkpoint_every > 0 && (step % config.checkpoint_every == 0 || step == config.max_steps) {
+            save_checkpoint(out, &model, &optim, &state, config.keep_checkpoints)?;
+        }
+    }
+    speeds.sort_by(f64::total_cmp);
+    summary.median_tokens_per_second = speeds.get(speeds.len() / 2).copied().unwrap_or(0.0);
+    Ok((model, summary))
+}
+
+/// Mean loss over up to `max_batches` consecutive validation blocks (None if there is no whole block).
+pub fn evaluate<B: Backend>(model: &Opt<B>, tokens: &[u32], seq_len: usize, batch: usize, max_batches: usize, device: &B::Device) -> Option<f64> {
+    let loader = BlockLoader::new(tokens.to_vec(), seq_len, 0);
+    let blocks = loader.num_blocks().min(batch * max_batches.max(1));
+    if blocks == 0 {
+        return None;
+    }
+    let (mut sum, mut count) = (0.0, 0.0);
+    for start in (0..blocks).step_by(batch) {
+        let rows: Vec<&[u32]> = (start..(start + batch).min(blocks)).map(|i| loader.block(i)).collect();
+        let n = rows.len();
+        let inputs: Vec<i64> = rows.iter().flat_map(|b| b[..seq_len].iter().map(|&t| t as i64)).collect();
+        let targets: Vec<i64> = rows.iter().flat_map(|b| b[1..].iter().map(|&t| t as i64)).collect();
+        let [inputs, targets] = [inputs, targets].map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, seq_len]), device));
+        let (s, c) = loss::nll_sum(model.forward(inputs, None, None), targets);
+        sum += s.into_scalar().elem::<f64>();
+        count += c.into_scalar().elem::<f64>();
+    }
+    Some(sum / count)
+}
+
+/// Write `checkpoints/step-N/` atomically (a temp folder renamed when complete); keep the last `keep`.
+fn save_checkpoint<B: AutodiffBackend>(out: &Path, model: &Opt<B>, optim: &OptAdamW<Opt<B>, B>, state: &LoopState, keep: usize) -> Result<(), TrainError> {
+    let root = out.join("checkpoints");
+    let dir = root.join(format!("step-{}", state.step));
+    let tmp = root.join(format!(".step-{}.tmp", state.step));
+    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io { path: path.into(), message: e.to_string() };
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
+    model.clone().save_file(tmp.join("model"), &Rec::new()).map_err(|e| io(&tmp, &e))?;
+    optim.save(&tmp).map_err(|e| io(&tmp, &e))?;
+    let state_json = serde_json::to_string_pretty(state).expect("state serialises");
+    opt_model::fsutil::write_atomic(&tmp.join("state.json"), state_json.as_bytes()).map_err(|e| io(&tmp, &e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, &e))?;
+    let mut steps = checkpoint_steps(&root);
+    steps.sort_unstable();
+    while steps.len() > keep.max(1) {
+        let old = steps.remove(0);
+        let _ = std::fs::remove_dir_all(root.join(format!("step-{old}")));
+    }
+    Ok(())
+}
+
+fn checkpoint_steps(root: &Path) -> Vec<u64> {
+    std::fs::read_dir(root)
+        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Complete checkpoint folders, newest first.
+fn checkpoint_dirs(out: &Path) -> Vec<PathBuf> {
+    let root = out.join("checkpoints");
+    let mut steps = checkpoint_steps(&root);
+    steps.sort_unstable_by(|a, b| b.cmp(a));
+    steps.into_iter().map(|s| root.join(format!("step-{s}"))).collect()
+}
