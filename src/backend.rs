@@ -56,8 +56,7 @@ impl FromStr for BackendKind {
 impl BackendKind {
     /// `OPT_BACKEND` from the environment (default `flex`).
     pub fn from_env() -> Result<Self, BackendError> {
-        std::env::var("OPT_BACKEND")
-            .map_or(Ok(Self::Flex), |s| s.parse())
+        std::env::var("OPT_BACKEND").map_or(Ok(Self::Flex), |s| s.parse())
     }
 }
 
@@ -72,7 +71,9 @@ pub trait BackendTask {
 pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, BackendError> {
     match kind {
         #[cfg(feature = "flex")]
-        BackendKind::Flex => Ok(task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default())),
+        BackendKind::Flex => {
+            Ok(task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default()))
+        }
         #[cfg(feature = "ndarray")]
         BackendKind::NdArray => {
             Ok(task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()))
@@ -104,7 +105,11 @@ fn probe<B: AutodiffBackend>(kind: BackendKind, device: &B::Device) -> Result<()
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let t = Tensor::<B, 1>::ones([4], device);
-        t.sum().into_data().convert::<f32>().to_vec::<f32>().map(|v| v[0])
+        t.sum()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map(|v| v[0])
     }));
     std::panic::set_hook(previous);
     match result {

@@ -47,7 +47,10 @@ fn write_raw(path: &Path, tensors: &HashMap<String, Raw>) {
 }
 
 /// A copy of a fixture checkpoint in a temp dir, with its tensors transformed by `edit`.
-fn variant(src: &Path, edit: impl FnOnce(&mut HashMap<String, Raw>)) -> (tempfile::TempDir, PathBuf) {
+fn variant(
+    src: &Path,
+    edit: impl FnOnce(&mut HashMap<String, Raw>),
+) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
@@ -86,16 +89,30 @@ impl BackendTask for RoundTrip {
             assert_eq!(names, written_names, "{}: key set", dir.display());
             for name in names {
                 assert_eq!(original[name].shape, written[name].shape, "{name}");
-                assert!(original[name].values == written[name].values, "{}: {name} not bit-identical", dir.display());
+                assert!(
+                    original[name].values == written[name].values,
+                    "{}: {name} not bit-identical",
+                    dir.display()
+                );
             }
             // transformers refuses files without format=pt.
             let bytes = std::fs::read(out.path().join("model.safetensors")).unwrap();
             let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-            assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+            assert_eq!(
+                meta.metadata()
+                    .as_ref()
+                    .and_then(|m| m.get("format"))
+                    .map(String::as_str),
+                Some("pt")
+            );
             // And the config survives: reloading gives the same model config.
             let again = checkpoint::load_pretrained::<B>(out.path(), &device).unwrap();
             assert_eq!(again.config.to_json(), model.config.to_json());
-            println!("{}: round trip bit-identical ({} tensors)", dir.display(), original.len());
+            println!(
+                "{}: round trip bit-identical ({} tensors)",
+                dir.display(),
+                original.len()
+            );
         }
     }
 }
@@ -119,8 +136,10 @@ impl BackendTask for Variants {
 
         // `decoder.` prefix and an explicit tied lm_head.weight load the same tensors.
         let (_t, dir) = variant(&src, |t| {
-            let renamed: HashMap<String, Raw> =
-                t.drain().map(|(n, r)| (n.trim_start_matches("model.").to_string(), r)).collect();
+            let renamed: HashMap<String, Raw> = t
+                .drain()
+                .map(|(n, r)| (n.trim_start_matches("model.").to_string(), r))
+                .collect();
             let head = renamed["decoder.embed_tokens.weight"].clone();
             *t = renamed;
             t.insert("lm_head.weight".into(), head);
@@ -134,7 +153,10 @@ impl BackendTask for Variants {
         for dtype in [Dtype::F16, Dtype::BF16] {
             let (_t, dir) = variant(&src, |t| {
                 for r in t.values_mut() {
-                    let f: Vec<f32> = r.2.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                    let f: Vec<f32> =
+                        r.2.chunks_exact(4)
+                            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                            .collect();
                     r.2 = f
                         .iter()
                         .flat_map(|&x| match dtype {
@@ -170,7 +192,10 @@ impl BackendTask for Variants {
             shards[i % 2].insert(n, r);
         }
         for (i, shard) in shards.iter().enumerate() {
-            write_raw(&dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)), shard);
+            write_raw(
+                &dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+                shard,
+            );
         }
         let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
         std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
@@ -197,15 +222,24 @@ impl BackendTask for BadInput {
             t.remove(fc1);
         });
         let e = load_err::<B>(&dir, &device);
-        assert!(matches!(&e, CheckpointError::MissingTensor { name, .. } if name == fc1), "{e}");
-        assert!(e.to_string().contains(fc1) && e.to_string().contains("model.safetensors"), "{e}");
+        assert!(
+            matches!(&e, CheckpointError::MissingTensor { name, .. } if name == fc1),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(fc1) && e.to_string().contains("model.safetensors"),
+            "{e}"
+        );
 
         let (_t, dir) = variant(&src, |t| {
             let extra = t[fc1].clone();
             t.insert("model.decoder.layers.9.fc1.weight".into(), extra);
         });
         let e = load_err::<B>(&dir, &device);
-        assert!(matches!(&e, CheckpointError::UnexpectedTensor { name, .. } if name == "model.decoder.layers.9.fc1.weight"), "{e}");
+        assert!(
+            matches!(&e, CheckpointError::UnexpectedTensor { name, .. } if name == "model.decoder.layers.9.fc1.weight"),
+            "{e}"
+        );
 
         let (_t, dir) = variant(&src, |t| {
             let r = t.get_mut(fc1).unwrap();
@@ -215,7 +249,12 @@ impl BackendTask for BadInput {
         });
         let e = load_err::<B>(&dir, &device);
         match &e {
-            CheckpointError::ShapeMismatch { name, found, expected, .. } => {
+            CheckpointError::ShapeMismatch {
+                name,
+                found,
+                expected,
+                ..
+            } => {
                 assert_eq!(name, fc1);
                 assert_eq!(found[0] * 2, expected[0]);
             }
@@ -227,7 +266,10 @@ impl BackendTask for BadInput {
         let (_t, dir) = variant(&src, |t| {
             t.get_mut(fc1).unwrap().0 = Dtype::I32;
         });
-        assert!(matches!(load_err::<B>(&dir, &device), CheckpointError::Dtype { .. }));
+        assert!(matches!(
+            load_err::<B>(&dir, &device),
+            CheckpointError::Dtype { .. }
+        ));
 
         // Truncated file, garbage file.
         let (_t, dir) = variant(&src, |_| {});
@@ -235,13 +277,26 @@ impl BackendTask for BadInput {
         let bytes = std::fs::read(&weights).unwrap();
         std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
         let e = load_err::<B>(&dir, &device);
-        assert!(matches!(e, CheckpointError::Corrupt { ref path, .. } if path == &weights), "{e}");
-        std::fs::write(&weights, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a safetensors file").unwrap();
-        assert!(matches!(load_err::<B>(&dir, &device), CheckpointError::Corrupt { .. }));
+        assert!(
+            matches!(e, CheckpointError::Corrupt { ref path, .. } if path == &weights),
+            "{e}"
+        );
+        std::fs::write(
+            &weights,
+            b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a safetensors file",
+        )
+        .unwrap();
+        assert!(matches!(
+            load_err::<B>(&dir, &device),
+            CheckpointError::Corrupt { .. }
+        ));
 
         // No weights at all.
         std::fs::remove_file(&weights).unwrap();
-        assert!(matches!(load_err::<B>(&dir, &device), CheckpointError::NoWeights { .. }));
+        assert!(matches!(
+            load_err::<B>(&dir, &device),
+            CheckpointError::NoWeights { .. }
+        ));
 
         // An lm_head that is not the embedding.
         let (_t, dir) = variant(&src, |t| {
@@ -249,12 +304,16 @@ impl BackendTask for BadInput {
             head.2[0] ^= 1;
             t.insert("lm_head.weight".into(), head);
         });
-        assert!(matches!(load_err::<B>(&dir, &device), CheckpointError::UntiedHead { .. }));
+        assert!(matches!(
+            load_err::<B>(&dir, &device),
+            CheckpointError::UntiedHead { .. }
+        ));
 
         // config.json that disagrees with itself.
         let (_t, dir) = variant(&src, |_| {});
         let config_path = dir.join("config.json");
-        let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        let base: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
         let with = |key: &str, value: serde_json::Value| {
             let mut c = base.clone();
             c[key] = value;
@@ -263,7 +322,11 @@ impl BackendTask for BadInput {
         };
         for (key, value, field) in [
             ("num_attention_heads", serde_json::json!(5), "hidden_size"),
-            ("activation_function", serde_json::json!("gelu"), "activation_function"),
+            (
+                "activation_function",
+                serde_json::json!("gelu"),
+                "activation_function",
+            ),
             ("dropout", serde_json::json!(1.5), "dropout"),
             ("pad_token_id", serde_json::json!(100000), "pad_token_id"),
         ] {
@@ -276,7 +339,9 @@ impl BackendTask for BadInput {
             }
         }
         match with("hidden_size", serde_json::json!("sixty-four")) {
-            CheckpointError::Config(ConfigError::Parse { field, .. }) => assert_eq!(field, "hidden_size"),
+            CheckpointError::Config(ConfigError::Parse { field, .. }) => {
+                assert_eq!(field, "hidden_size")
+            }
             other => panic!("expected a parse error, got {other}"),
         }
     }
@@ -298,7 +363,10 @@ fn config_defaults_and_unknown_fields() {
     assert_eq!(c.embed_dim(), 64);
     let again = OptConfig::from_json(&c.to_json()).unwrap();
     assert_eq!(again.to_json(), c.to_json());
-    assert_eq!((again.hidden_size, again.vocab_size, again.embed_dim()), (64, 50272, 64));
+    assert_eq!(
+        (again.hidden_size, again.vocab_size, again.embed_dim()),
+        (64, 50272, 64)
+    );
     let written: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
     assert_eq!(written["some_future_field"], serde_json::json!([1, 2]));
     assert_eq!(written["model_type"], "opt");
@@ -309,10 +377,26 @@ fn config_defaults_and_unknown_fields() {
 fn presets_have_the_papers_sizes() {
     // Parameter counts from the config; opt-125m/350m/1.3b are published as 125M/331M/1.3B.
     let count = |name: &str| opt::model::preset(name).unwrap().config.num_params() as f64;
-    assert!((count("125m") / 1e6 - 125.2).abs() < 0.5, "125m: {}", count("125m"));
-    assert!((count("350m") / 1e6 - 331.2).abs() < 0.5, "350m: {}", count("350m"));
-    assert!((count("1.3b") / 1e9 - 1.316).abs() < 0.01, "1.3b: {}", count("1.3b"));
-    assert!((count("175b") / 1e9 - 175.0).abs() < 1.5, "175b: {}", count("175b"));
+    assert!(
+        (count("125m") / 1e6 - 125.2).abs() < 0.5,
+        "125m: {}",
+        count("125m")
+    );
+    assert!(
+        (count("350m") / 1e6 - 331.2).abs() < 0.5,
+        "350m: {}",
+        count("350m")
+    );
+    assert!(
+        (count("1.3b") / 1e9 - 1.316).abs() < 0.01,
+        "1.3b: {}",
+        count("1.3b")
+    );
+    assert!(
+        (count("175b") / 1e9 - 175.0).abs() < 1.5,
+        "175b: {}",
+        count("175b")
+    );
     let p350 = opt::model::preset("350m").unwrap();
     assert!(!p350.config.do_layer_norm_before && p350.config.embed_dim() == 512);
     for p in opt::model::presets() {
@@ -327,7 +411,10 @@ fn unavailable_backend_is_a_clear_error() {
         type Output = ();
         fn run<B: AutodiffBackend>(self, _: B::Device) {}
     }
-    assert!(matches!("metal".parse::<opt::BackendKind>(), Err(opt::BackendError::Unknown(_))));
+    assert!(matches!(
+        "metal".parse::<opt::BackendKind>(),
+        Err(opt::BackendError::Unknown(_))
+    ));
     #[cfg(not(feature = "cuda"))]
     {
         let e = opt::backend::run(opt::BackendKind::Cuda, Nothing).unwrap_err();

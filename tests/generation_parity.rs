@@ -32,12 +32,19 @@ impl BackendTask for GenerationParity {
                 keep_logits: true,
                 ..Default::default()
             };
-            let cols: Vec<usize> = tensors["logit_cols"].values.iter().map(|&c| c as usize).collect();
+            let cols: Vec<usize> = tensors["logit_cols"]
+                .values
+                .iter()
+                .map(|&c| c as usize)
+                .collect();
 
             // Batched, left-padded.
             let want = int_rows(&g["batched"]["new_tokens"]);
             for use_cache in [true, false] {
-                let cfg = GenerateConfig { use_cache, ..config.clone() };
+                let cfg = GenerateConfig {
+                    use_cache,
+                    ..config.clone()
+                };
                 let got = generate(&model, &prompts, &cfg, |_| {}).unwrap();
                 assert_tokens(&name, "batched", &got, &want);
                 let d = check_logits(&expected, &tensors, "batched", &got, &cols);
@@ -45,7 +52,12 @@ impl BackendTask for GenerationParity {
             }
             // Each prompt alone.
             for (j, prompt) in prompts.iter().enumerate() {
-                let want = vec![g["unbatched"][j]["new_tokens"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()];
+                let want = vec![g["unbatched"][j]["new_tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_i64().unwrap())
+                    .collect()];
                 let got = generate(&model, std::slice::from_ref(prompt), &config, |_| {}).unwrap();
                 let run = format!("unbatched_{j}");
                 assert_tokens(&name, &run, &got, &want);
@@ -65,25 +77,69 @@ fn assert_tokens(name: &str, run: &str, got: &Generation, want: &[Vec<i64>]) {
 }
 
 /// Compare every step's logits at the stored columns; returns the max |diff|.
-fn check_logits(expected: &Expected, tensors: &HashMap<String, Stored>, run: &str, got: &Generation, cols: &[usize]) -> f64 {
+fn check_logits(
+    expected: &Expected,
+    tensors: &HashMap<String, Stored>,
+    run: &str,
+    got: &Generation,
+    cols: &[usize],
+) -> f64 {
     let want = &tensors[&format!("gen.{run}.step_logits.at_cols")].values;
     let actual: Vec<f64> = got
         .step_logits
         .iter()
-        .flat_map(|rows| rows.iter().flat_map(|row| cols.iter().map(|&c| row[c] as f64)))
+        .flat_map(|rows| {
+            rows.iter()
+                .flat_map(|row| cols.iter().map(|&c| row[c] as f64))
+        })
         .collect();
     let n = actual.len().min(want.len());
     assert_eq!(actual.len(), want.len(), "{run}: number of step logits");
-    assert_close(&format!("{} gen.{run}.step_logits", expected.name()), &actual[..n], &want[..n], expected.tol("logits"), None)
+    assert_close(
+        &format!("{} gen.{run}.step_logits", expected.name()),
+        &actual[..n],
+        &want[..n],
+        expected.tol("logits"),
+        None,
+    )
 }
 
 /// With and without the KV cache: identical greedy tokens and logits within 1e-4.
-fn cache_equivalence<B: burn::prelude::Backend>(model: &Opt<B>, prompts: &[Vec<u32>], config: &GenerateConfig) {
+fn cache_equivalence<B: burn::prelude::Backend>(
+    model: &Opt<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+) {
     let cached = generate(model, prompts, config, |_| {}).unwrap();
-    let uncached = generate(model, prompts, &GenerateConfig { use_cache: false, ..config.clone() }, |_| {}).unwrap();
+    let uncached = generate(
+        model,
+        prompts,
+        &GenerateConfig {
+            use_cache: false,
+            ..config.clone()
+        },
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(cached.new_tokens, uncached.new_tokens);
-    let flat = |g: &Generation| -> Vec<f64> { g.step_logits.iter().flatten().flatten().map(|&x| x as f64).collect() };
-    let d = assert_close("cache vs no cache", &flat(&cached), &flat(&uncached), common::Tol { atol: 1e-4, rtol: 0.0 }, None);
+    let flat = |g: &Generation| -> Vec<f64> {
+        g.step_logits
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|&x| x as f64)
+            .collect()
+    };
+    let d = assert_close(
+        "cache vs no cache",
+        &flat(&cached),
+        &flat(&uncached),
+        common::Tol {
+            atol: 1e-4,
+            rtol: 0.0,
+        },
+        None,
+    );
     println!("KV cache vs full recompute: max |diff| = {d:.3e}");
 }
 

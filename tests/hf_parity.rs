@@ -50,7 +50,10 @@ fn check_batch<B: Backend>(
         None => vec![true; b * t],
     };
     let expand = |per_pos: &[bool], width: usize| -> Vec<bool> {
-        per_pos.iter().flat_map(|&k| std::iter::repeat_n(k, width)).collect()
+        per_pos
+            .iter()
+            .flat_map(|&k| std::iter::repeat_n(k, width))
+            .collect()
     };
     let get = |key: &str| {
         tensors
@@ -60,7 +63,11 @@ fn check_batch<B: Backend>(
     let report = |what: &str, diff: f64| println!("{name} {batch} {what}: max |diff| = {diff:.3e}");
 
     // Logits at the stored columns.
-    let cols: Vec<i64> = tensors["logit_cols"].values.iter().map(|&c| c as i64).collect();
+    let cols: Vec<i64> = tensors["logit_cols"]
+        .values
+        .iter()
+        .map(|&c| c as i64)
+        .collect();
     let k = cols.len();
     let col_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(cols, [k]), device);
     let at_cols = values(out.logits.clone().select(2, col_idx));
@@ -76,7 +83,14 @@ fn check_batch<B: Backend>(
     // Log-sum-exp and argmax over the full vocabulary.
     let v = out.logits.dims()[2];
     let max = out.logits.clone().max_dim(2);
-    let lse = values((out.logits.clone() - max.clone()).exp().sum_dim(2).log().add(max).reshape([b * t]));
+    let lse = values(
+        (out.logits.clone() - max.clone())
+            .exp()
+            .sum_dim(2)
+            .log()
+            .add(max)
+            .reshape([b * t]),
+    );
     let diff = assert_close(
         &format!("{name} {batch}.logits.lse"),
         &lse,
@@ -86,11 +100,17 @@ fn check_batch<B: Backend>(
     );
     report("logsumexp", diff);
     let argmax = values(out.logits.clone().argmax(2).float().reshape([b * t]));
-    let min_margin = expected.json["tolerances"]["argmax_min_margin"].as_f64().unwrap();
+    let min_margin = expected.json["tolerances"]["argmax_min_margin"]
+        .as_f64()
+        .unwrap();
     let margin = &get("logits.margin").values;
     for (i, (&a, &e)) in argmax.iter().zip(&get("logits.argmax").values).enumerate() {
         if valid[i] && margin[i] > min_margin {
-            assert_eq!(a, e, "{name} {batch}: argmax at position {i} (margin {}), vocab {v}", margin[i]);
+            assert_eq!(
+                a, e,
+                "{name} {batch}: argmax at position {i} (margin {}), vocab {v}",
+                margin[i]
+            );
         }
     }
 
@@ -98,7 +118,11 @@ fn check_batch<B: Backend>(
     let hidden_tol = expected.tol("hidden");
     let mut hidden_max = 0.0f64;
     for (i, h) in out.hidden_states.iter().enumerate() {
-        let key = if i == 0 { "hidden.embeddings".to_string() } else { format!("hidden.layer_{}", i - 1) };
+        let key = if i == 0 {
+            "hidden.embeddings".to_string()
+        } else {
+            format!("hidden.layer_{}", i - 1)
+        };
         let width = h.dims()[2];
         hidden_max = hidden_max.max(assert_close(
             &format!("{name} {batch}.{key}"),
@@ -123,9 +147,17 @@ fn check_batch<B: Backend>(
         Some(l) => int_rows(l),
         None => ids.clone(),
     };
-    let loss = loss::causal_lm_loss(out.logits, to_tensor(&labels)).into_scalar().elem::<f64>();
+    let loss = loss::causal_lm_loss(out.logits, to_tensor(&labels))
+        .into_scalar()
+        .elem::<f64>();
     let want = expected.json["loss"][batch].as_f64().unwrap();
-    let diff = assert_close(&format!("{name} {batch}.loss"), &[loss], &[want], expected.tol("loss"), None);
+    let diff = assert_close(
+        &format!("{name} {batch}.loss"),
+        &[loss],
+        &[want],
+        expected.tol("loss"),
+        None,
+    );
     report("loss", diff);
 }
 

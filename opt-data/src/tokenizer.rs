@@ -69,19 +69,31 @@ impl OptTokenizer {
     /// A `tokenizer.json` as `tokenizers` saves it; its own post-processor decides about BOS.
     pub fn from_tokenizer_json(path: &Path) -> Result<Self, TokenizerError> {
         let inner = Tokenizer::from_file(path).map_err(|e| load_err(path, e))?;
-        Ok(Self { inner, add_bos: false })
+        Ok(Self {
+            inner,
+            add_bos: false,
+        })
     }
 
     /// OPT's files: GPT-2 regex pre-tokenizer, no prefix space; `</s>` and `<pad>` matched in text.
-    pub fn from_vocab_merges(vocab: &Path, merges: &Path, add_bos: bool) -> Result<Self, TokenizerError> {
+    pub fn from_vocab_merges(
+        vocab: &Path,
+        merges: &Path,
+        add_bos: bool,
+    ) -> Result<Self, TokenizerError> {
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(|e| load_err(vocab, e))?;
         let mut inner = Tokenizer::new(bpe);
-        let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(true);
+        let byte_level = ByteLevel::default()
+            .add_prefix_space(false)
+            .trim_offsets(true);
         inner.with_pre_tokenizer(Some(byte_level));
         inner.with_decoder(Some(ByteLevel::default()));
-        inner.add_special_tokens(&[AddedToken::from("</s>", true), AddedToken::from("<pad>", true)]);
+        inner.add_special_tokens(&[
+            AddedToken::from("</s>", true),
+            AddedToken::from("<pad>", true),
+        ]);
         Ok(Self { inner, add_bos })
     }
 
@@ -140,8 +152,13 @@ pub fn train_bpe<S: AsRef<str> + Send>(
 ) -> Result<OptTokenizer, TokenizerError> {
     use tokenizers::models::bpe::BpeTrainerBuilder;
     use tokenizers::{NormalizerWrapper, TokenizerBuilder};
-    let err = |e: tokenizers::Error| TokenizerError::Load { path: out_dir.into(), message: e.to_string() };
-    let specials = ["<s>", "<pad>", "</s>", "<unk>"].map(|t| AddedToken::from(t, true)).to_vec();
+    let err = |e: tokenizers::Error| TokenizerError::Load {
+        path: out_dir.into(),
+        message: e.to_string(),
+    };
+    let specials = ["<s>", "<pad>", "</s>", "<unk>"]
+        .map(|t| AddedToken::from(t, true))
+        .to_vec();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -149,21 +166,29 @@ pub fn train_bpe<S: AsRef<str> + Send>(
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .show_progress(false)
         .build();
-    let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
-        .with_model(BPE::default())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
-        .with_post_processor(Some(ByteLevel::default().trim_offsets(false)))
-        .with_decoder(Some(ByteLevel::default()))
-        .build()
-        .map_err(err)?;
+    let mut tokenizer =
+        TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+            .with_model(BPE::default())
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+            .with_post_processor(Some(ByteLevel::default().trim_offsets(false)))
+            .with_decoder(Some(ByteLevel::default()))
+            .build()
+            .map_err(err)?;
     tokenizer.train(&mut trainer, texts).map_err(err)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| TokenizerError::Load { path: out_dir.into(), message: e.to_string() })?;
+    std::fs::create_dir_all(out_dir).map_err(|e| TokenizerError::Load {
+        path: out_dir.into(),
+        message: e.to_string(),
+    })?;
     let json = out_dir.join("tokenizer.json");
     tokenizer.save(&json, false).map_err(err)?;
     let config = serde_json::json!({"add_bos_token": true, "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"});
-    std::fs::write(out_dir.join("tokenizer_config.json"), config.to_string())
-        .map_err(|e| TokenizerError::Load { path: out_dir.into(), message: e.to_string() })?;
+    std::fs::write(out_dir.join("tokenizer_config.json"), config.to_string()).map_err(|e| {
+        TokenizerError::Load {
+            path: out_dir.into(),
+            message: e.to_string(),
+        }
+    })?;
     OptTokenizer::from_dir(out_dir)
 }
 

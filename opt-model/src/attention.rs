@@ -93,9 +93,12 @@ pub fn build_attention_mask<B: Backend>(
             .reshape([1, 1, t, s])
             .expand([batch, 1, t, s])
     });
-    let padding = attention_mask
-        .filter(|m| !all_ones(m))
-        .map(|m| m.clone().reshape([batch, 1, 1, s]).expand([batch, 1, t, s]).equal_elem(0));
+    let padding = attention_mask.filter(|m| !all_ones(m)).map(|m| {
+        m.clone()
+            .reshape([batch, 1, 1, s])
+            .expand([batch, 1, t, s])
+            .equal_elem(0)
+    });
     match (causal, padding) {
         (Some(c), Some(p)) => Some(c.bool_or(p)),
         (c, p) => c.or(p),
@@ -103,9 +106,5 @@ pub fn build_attention_mask<B: Backend>(
 }
 
 fn all_ones<B: Backend>(mask: &Tensor<B, 2, Int>) -> bool {
-    mask.clone()
-        .equal_elem(1)
-        .all()
-        .into_scalar()
-        .to_bool()
+    mask.clone().equal_elem(1).all().into_scalar().to_bool()
 }

@@ -12,7 +12,13 @@ pub struct LayerCache<B: Backend> {
 
 impl<B: Backend> LayerCache<B> {
     /// An empty cache able to hold `capacity` positions.
-    pub fn new(batch: usize, heads: usize, capacity: usize, head_dim: usize, device: &B::Device) -> Self {
+    pub fn new(
+        batch: usize,
+        heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
         let shape = [batch, capacity, heads, head_dim];
         Self {
             k: Tensor::zeros(shape, device),
@@ -26,13 +32,19 @@ impl<B: Backend> LayerCache<B> {
         let [b, t, h, hd] = k.dims();
         let end = self.len + t;
         let capacity = self.k.dims()[1];
-        assert!(end <= capacity, "KV cache overflow: {end} positions > capacity {capacity}");
+        assert!(
+            end <= capacity,
+            "KV cache overflow: {end} positions > capacity {capacity}"
+        );
         let range = [0..b, self.len..end, 0..h, 0..hd];
         self.k = self.k.clone().slice_assign(range.clone(), k);
         self.v = self.v.clone().slice_assign(range, v);
         self.len = end;
         let used = [0..b, 0..end, 0..h, 0..hd];
-        (self.k.clone().slice(used.clone()), self.v.clone().slice(used))
+        (
+            self.k.clone().slice(used.clone()),
+            self.v.clone().slice(used),
+        )
     }
 
     /// Number of cached positions.
@@ -54,7 +66,12 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     /// Preallocate `capacity` positions for each of the model's layers.
-    pub fn new(config: &crate::OptConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
+    pub fn new(
+        config: &crate::OptConfig,
+        batch: usize,
+        capacity: usize,
+        device: &B::Device,
+    ) -> Self {
         let layer = LayerCache::new(
             batch,
             config.num_attention_heads,

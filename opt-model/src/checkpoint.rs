@@ -77,7 +77,10 @@ pub enum CheckpointError {
 pub fn hf_tensor_shapes(config: &OptConfig) -> Vec<(String, Vec<usize>)> {
     let (d, e, f) = (config.hidden_size, config.embed_dim(), config.ffn_dim);
     let mut out = vec![
-        ("embed_tokens.weight".to_string(), vec![config.vocab_size, e]),
+        (
+            "embed_tokens.weight".to_string(),
+            vec![config.vocab_size, e],
+        ),
         (
             "embed_positions.weight".to_string(),
             vec![config.max_position_embeddings + 2, d],
@@ -255,7 +258,10 @@ pub fn load_weights<B: Backend>(
 }
 
 /// Write `model` as an HF directory (`config.json` + `model.safetensors`), atomically per file.
-pub fn save_pretrained<B: Backend>(model: &Opt<B>, dir: impl AsRef<Path>) -> Result<(), CheckpointError> {
+pub fn save_pretrained<B: Backend>(
+    model: &Opt<B>,
+    dir: impl AsRef<Path>,
+) -> Result<(), CheckpointError> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
         path: dir.into(),

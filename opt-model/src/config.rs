@@ -191,7 +191,10 @@ impl OptConfig {
             if id >= self.vocab_size {
                 return Err((
                     field,
-                    format!("{id} is outside the vocabulary (vocab_size {})", self.vocab_size),
+                    format!(
+                        "{id} is outside the vocabulary (vocab_size {})",
+                        self.vocab_size
+                    ),
                 ));
             }
         }

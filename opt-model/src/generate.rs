@@ -106,11 +106,19 @@ pub fn generate<B: Backend>(
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| std::iter::repeat_n(config.pad_token_id, width - p.len()).chain(p.iter().copied()).collect())
+        .map(|p| {
+            std::iter::repeat_n(config.pad_token_id, width - p.len())
+                .chain(p.iter().copied())
+                .collect()
+        })
         .collect();
     let mut mask: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| std::iter::repeat_n(0, width - p.len()).chain(std::iter::repeat_n(1, p.len())).collect())
+        .map(|p| {
+            std::iter::repeat_n(0, width - p.len())
+                .chain(std::iter::repeat_n(1, p.len()))
+                .collect()
+        })
         .collect();
     let mut cache = config
         .use_cache
@@ -150,7 +158,8 @@ pub fn generate<B: Backend>(
             mask[r].push(1);
         }
         if config.keep_logits {
-            out.step_logits.push(rows.iter().map(|r| r.to_vec()).collect());
+            out.step_logits
+                .push(rows.iter().map(|r| r.to_vec()).collect());
         }
         on_step(&step);
         if finished.iter().all(|&f| f) {
@@ -160,7 +169,11 @@ pub fn generate<B: Backend>(
     Ok(out)
 }
 
-fn validate<B: Backend>(model: &Opt<B>, prompts: &[Vec<u32>], config: &GenerateConfig) -> Result<(), GenerateError> {
+fn validate<B: Backend>(
+    model: &Opt<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+) -> Result<(), GenerateError> {
     let s = &config.sampling;
     if let Some(p) = s.top_p {
         if !(p > 0.0 && p <= 1.0) {
@@ -201,7 +214,10 @@ fn validate<B: Backend>(model: &Opt<B>, prompts: &[Vec<u32>], config: &GenerateC
 /// `rows[r][skip..]` as a [b, len - skip] Int tensor.
 fn int_tensor<B: Backend>(rows: &[Vec<u32>], skip: usize, device: &B::Device) -> Tensor<B, 2, Int> {
     let width = rows[0].len() - skip;
-    let flat: Vec<i64> = rows.iter().flat_map(|r| r[skip..].iter().map(|&x| x as i64)).collect();
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r[skip..].iter().map(|&x| x as i64))
+        .collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), width]), device)
 }
 
@@ -242,7 +258,10 @@ impl Sampler {
             order.truncate(k.min(order.len()));
         }
         let max = logits[order[0]] / t;
-        let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] / t - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] / t - max) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if let Some(top_p) = self.config.top_p {

@@ -8,7 +8,10 @@ pub const IGNORE_INDEX: i64 = -100;
 
 /// Sum of the negative log-likelihoods of `targets` [b, t] under `logits` [b, t, v], and how
 /// many targets were kept (those != -100). Computed in float32 like HF's upcast loss.
-pub fn nll_sum<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+pub fn nll_sum<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [b, t, v] = logits.dims();
     let logits = logits.reshape([b * t, v]);
     let targets = targets.reshape([b * t]);

@@ -72,7 +72,8 @@ impl<B: Backend> Opt<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        self.forward_full(input_ids, attention_mask, cache, false).logits
+        self.forward_full(input_ids, attention_mask, cache, false)
+            .logits
     }
 
     /// Forward pass that can also return every intermediate hidden state.

@@ -13,10 +13,14 @@ pub const INIT_STD: f64 = 0.006;
 pub fn init_model<B: Backend>(config: &OptConfig, std: f64, device: &B::Device) -> Opt<B> {
     let mut m = Opt::new(config, device);
     let residual_std = std / (2.0 * config.num_hidden_layers as f64).sqrt();
-    m.embed_tokens.weight = normal_with_zero_row(&m.embed_tokens.weight, std, config.pad_token_id, device);
+    m.embed_tokens.weight =
+        normal_with_zero_row(&m.embed_tokens.weight, std, config.pad_token_id, device);
     // Row 1 of the learned positions is the padding position (fairseq's padding_idx).
     m.embed_positions.weight = normal_with_zero_row(&m.embed_positions.weight, std, 1, device);
-    for proj in [&mut m.project_in, &mut m.project_out].into_iter().flatten() {
+    for proj in [&mut m.project_in, &mut m.project_out]
+        .into_iter()
+        .flatten()
+    {
         init_linear(proj, std, device);
     }
     for layer in &mut m.layers {
@@ -40,12 +44,21 @@ fn init_linear<B: Backend>(linear: &mut burn::nn::Linear<B>, std: f64, device: &
     }
 }
 
-fn normal<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>, std: f64, device: &B::Device) -> Param<Tensor<B, D>> {
+fn normal<B: Backend, const D: usize>(
+    p: &Param<Tensor<B, D>>,
+    std: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
     let t = Tensor::random(p.shape(), Distribution::Normal(0.0, std), device);
     Param::initialized(p.id, t.require_grad())
 }
 
-fn normal_with_zero_row<B: Backend>(p: &Param<Tensor<B, 2>>, std: f64, row: usize, device: &B::Device) -> Param<Tensor<B, 2>> {
+fn normal_with_zero_row<B: Backend>(
+    p: &Param<Tensor<B, 2>>,
+    std: f64,
+    row: usize,
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
     let [rows, cols] = p.shape().dims();
     let mut t = Tensor::random([rows, cols], Distribution::Normal(0.0, std), device);
     if row < rows {

@@ -2,10 +2,12 @@
 
 pub mod init;
 pub mod optim;
+pub mod prepare;
 pub mod schedule;
 pub mod train;
 
 pub use init::{init_model, INIT_STD};
 pub use optim::{clip_grad_norm, AdamWSettings, DecayRule, OptAdamW};
+pub use prepare::{prepare, DataSource, PrepareError};
 pub use schedule::LrSchedule;
 pub use train::{evaluate, train, StepMetrics, TrainConfig, TrainData, TrainError, TrainSummary};

@@ -33,7 +33,13 @@ pub struct AdamWSettings {
 
 impl Default for AdamWSettings {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decay: DecayRule::All }
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay: DecayRule::All,
+        }
     }
 }
 
@@ -49,8 +55,18 @@ pub struct OptAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
 impl<M: AutodiffModule<B>, B: AutodiffBackend> OptAdamW<M, B> {
     /// Build the optimizer (its state starts empty).
     pub fn new(s: &AdamWSettings) -> Self {
-        let config = |wd: f32| AdamWConfig::new().with_beta_1(s.beta1).with_beta_2(s.beta2).with_epsilon(s.eps).with_weight_decay(wd);
-        Self { decayed: config(s.weight_decay).init(), not_decayed: config(0.0).init(), rule: s.decay }
+        let config = |wd: f32| {
+            AdamWConfig::new()
+                .with_beta_1(s.beta1)
+                .with_beta_2(s.beta2)
+                .with_epsilon(s.eps)
+                .with_weight_decay(wd)
+        };
+        Self {
+            decayed: config(s.weight_decay).init(),
+            not_decayed: config(0.0).init(),
+            rule: s.decay,
+        }
     }
 
     /// One update with learning rate `lr`.
@@ -58,7 +74,12 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> OptAdamW<M, B> {
         match self.rule {
             DecayRule::All => self.decayed.step(lr, module, grads),
             DecayRule::Matrices => {
-                let mut split = Split::<B> { grads: &mut grads, matrices: GradientsParams::new(), vectors: GradientsParams::new(), backend: PhantomData };
+                let mut split = Split::<B> {
+                    grads: &mut grads,
+                    matrices: GradientsParams::new(),
+                    vectors: GradientsParams::new(),
+                    backend: PhantomData,
+                };
                 module.visit(&mut split);
                 let (matrices, vectors) = (split.matrices, split.vectors);
                 let module = self.decayed.step(lr, module, matrices);
@@ -76,12 +97,20 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> OptAdamW<M, B> {
     }
 
     /// Restore state written by [`Self::save`].
-    pub fn load(self, dir: &std::path::Path, device: &B::Device) -> Result<Self, burn::record::RecorderError> {
+    pub fn load(
+        self,
+        dir: &std::path::Path,
+        device: &B::Device,
+    ) -> Result<Self, burn::record::RecorderError> {
         use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let decayed = recorder.load(dir.join("optim-decay"), device)?;
         let not_decayed = recorder.load(dir.join("optim-no-decay"), device)?;
-        Ok(Self { decayed: self.decayed.load_record(decayed), not_decayed: self.not_decayed.load_record(not_decayed), rule: self.rule })
+        Ok(Self {
+            decayed: self.decayed.load_record(decayed),
+            not_decayed: self.not_decayed.load_record(not_decayed),
+            rule: self.rule,
+        })
     }
 }
 
@@ -96,7 +125,11 @@ struct Split<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Split<'_, B> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(p.id) {
-            let group = if D >= 2 { &mut self.matrices } else { &mut self.vectors };
+            let group = if D >= 2 {
+                &mut self.matrices
+            } else {
+                &mut self.vectors
+            };
             group.register::<B::InnerBackend, D>(p.id, g);
         }
     }
@@ -104,7 +137,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Split<'_, B> {
 
 /// Global L2 norm of all gradients, then scale them by min(1, max_norm / (norm + 1e-6)) like
 /// `torch.nn.utils.clip_grad_norm_`. Returns (norm, clip coefficient); `max_norm <= 0` disables clipping.
-pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> (f64, f64) {
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> (f64, f64) {
     let mut sum = SumSquares::<B> { grads, acc: None };
     module.visit(&mut sum);
     let Some(sq) = sum.acc else { return (0.0, 1.0) };
@@ -131,7 +168,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(p.id) {
             let s = g.square().sum();
-            self.acc = Some(match self.acc.take() { Some(a) => a + s, None => s });
+            self.acc = Some(match self.acc.take() {
+                Some(a) => a + s,
+                None => s,
+            });
         }
     }
 }
@@ -144,7 +184,8 @@ struct Scale<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(p.id) {
-            self.grads.register::<B::InnerBackend, D>(p.id, g * self.coef.clone().unsqueeze::<D>());
+            self.grads
+                .register::<B::InnerBackend, D>(p.id, g * self.coef.clone().unsqueeze::<D>());
         }
     }
 }

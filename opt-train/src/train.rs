@@ -25,7 +25,9 @@ pub enum TrainError {
     Io { path: PathBuf, message: String },
     #[error("{0}")]
     Config(String),
-    #[error("{out}: resume asked for, but no complete checkpoint was found under {out}/checkpoints")]
+    #[error(
+        "{out}: resume asked for, but no complete checkpoint was found under {out}/checkpoints"
+    )]
     NothingToResume { out: PathBuf },
 }
 
@@ -64,12 +66,17 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         if self.seq_len == 0 || self.seq_len > self.model.max_position_embeddings {
-            return bad(format!("seq_len {} must be in 1..={} (max_position_embeddings)", self.seq_len, self.model.max_position_embeddings));
+            return bad(format!(
+                "seq_len {} must be in 1..={} (max_position_embeddings)",
+                self.seq_len, self.model.max_position_embeddings
+            ));
         }
         if self.micro_batch == 0 || self.grad_accum == 0 || self.max_steps == 0 {
             return bad("micro_batch, grad_accum and max_steps must be at least 1".into());
         }
-        self.model.validate().map_err(|(f, m)| TrainError::Config(format!("model.{f}: {m}")))
+        self.model
+            .validate()
+            .map_err(|(f, m)| TrainError::Config(format!("model.{f}: {m}")))
     }
 }
 
@@ -131,10 +138,14 @@ pub fn train<B: AutodiffBackend>(
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<(Opt<B>, TrainSummary), TrainError> {
     config.validate()?;
-    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io { path: path.into(), message: e.to_string() };
+    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    };
     std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| io(out, &e))?;
     B::seed(device, config.seed);
-    let mut model: Opt<B> = init_model(&config.model, config.init_std, device);
+    // Params are lazy: materialise them now, so the init draws come right after the run's seed.
+    let mut model: Opt<B> = init_model(&config.model, config.init_std, device).fork(device);
     let mut optim = OptAdamW::<Opt<B>, B>::new(&config.adamw);
     let mut state = LoopState::default();
     let mut resumed_from = None;
@@ -142,9 +153,14 @@ pub fn train<B: AutodiffBackend>(
         let mut restored = None;
         for dir in checkpoint_dirs(out) {
             let attempt = (|| -> Result<_, String> {
-                let m = init_model::<B>(&config.model, config.init_std, device).load_file(dir.join("model"), &Rec::new(), device).map_err(|e| e.to_string())?;
-                let o = OptAdamW::<Opt<B>, B>::new(&config.adamw).load(&dir, device).map_err(|e| e.to_string())?;
-                let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| e.to_string())?;
+                let m = init_model::<B>(&config.model, config.init_std, device)
+                    .load_file(dir.join("model"), &Rec::new(), device)
+                    .map_err(|e| e.to_string())?;
+                let o = OptAdamW::<Opt<B>, B>::new(&config.adamw)
+                    .load(&dir, device)
+                    .map_err(|e| e.to_string())?;
+                let text =
+                    std::fs::read_to_string(dir.join("state.json")).map_err(|e| e.to_string())?;
                 let st: LoopState = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                 Ok((m, o, st))
             })();
@@ -154,7 +170,10 @@ pub fn train<B: AutodiffBackend>(
                     restored = Some(r);
                     break;
                 }
-                Err(e) => eprintln!("warning: checkpoint {} is unreadable ({e}); falling back to the previous one", dir.display()),
+                Err(e) => eprintln!(
+                    "warning: checkpoint {} is unreadable ({e}); falling back to the previous one",
+                    dir.display()
+                ),
             }
         }
         let (m, o, st) = restored.ok_or_else(|| TrainError::NothingToResume { out: out.into() })?;
@@ -168,27 +187,49 @@ pub fn train<B: AutodiffBackend>(
     if loader.num_blocks() < config.micro_batch {
         return Err(TrainError::Config(format!(
             "the training data has {} tokens: fewer than one micro-batch of {} x {} tokens",
-            data.train.len(), config.micro_batch, config.seq_len + 1
+            data.train.len(),
+            config.micro_batch,
+            config.seq_len + 1
         )));
     }
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| io(&metrics_path, &e))?;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| io(&metrics_path, &e))?;
     let flops_per_token = 6.0 * config.model.num_params() as f64
-        + 12.0 * (config.model.num_hidden_layers * config.model.hidden_size * config.seq_len) as f64;
+        + 12.0
+            * (config.model.num_hidden_layers * config.model.hidden_size * config.seq_len) as f64;
 
-    let mut summary = TrainSummary { steps: state.step, first_loss: None, last_loss: None, last_val_loss: None, median_tokens_per_second: 0.0, resumed_from };
+    let mut summary = TrainSummary {
+        steps: state.step,
+        first_loss: None,
+        last_loss: None,
+        last_val_loss: None,
+        median_tokens_per_second: 0.0,
+        resumed_from,
+    };
     let mut speeds = Vec::new();
     while state.step < config.max_steps {
         let step = state.step + 1;
         let started = Instant::now();
         // Dropout draws from the backend RNG; seeding per step makes a resumed run identical.
-        B::seed(device, config.seed.wrapping_add(step.wrapping_mul(0x9E37_79B9)));
+        B::seed(
+            device,
+            config.seed.wrapping_add(step.wrapping_mul(0x9E37_79B9)),
+        );
         let lr = config.schedule.lr(step);
         let mut accumulator = GradientsAccumulator::<Opt<B>>::new();
         let mut loss_sum = 0.0;
         for _ in 0..config.grad_accum {
             let batch = loader.next_batch(&mut state.cursor, config.micro_batch);
-            let [inputs, targets] = [batch.inputs, batch.targets].map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [config.micro_batch, config.seq_len]), device));
+            let [inputs, targets] = [batch.inputs, batch.targets].map(|v| {
+                Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(v, [config.micro_batch, config.seq_len]),
+                    device,
+                )
+            });
             let logits = model.forward(inputs, None, None);
             let loss = loss::cross_entropy(logits, targets) / config.grad_accum as f64;
             loss_sum += loss.clone().into_scalar().elem::<f64>();
@@ -208,24 +249,50 @@ pub fn train<B: AutodiffBackend>(
         let tokens_per_second = config.tokens_per_step() as f64 / seconds;
         speeds.push(tokens_per_second);
         let mut m = StepMetrics {
-            step, tokens: state.tokens, loss: loss_sum, lr, grad_norm, clip_coef, tokens_per_second,
-            mfu: (config.peak_flops > 0.0).then(|| tokens_per_second * flops_per_token / config.peak_flops),
-            val_loss: None, val_ppl: None, skipped,
+            step,
+            tokens: state.tokens,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            clip_coef,
+            tokens_per_second,
+            mfu: (config.peak_flops > 0.0)
+                .then(|| tokens_per_second * flops_per_token / config.peak_flops),
+            val_loss: None,
+            val_ppl: None,
+            skipped,
         };
-        if config.eval_every > 0 && (step % config.eval_every == 0 || step == config.max_steps) && !data.valid.is_empty() {
-            let val = evaluate(&model.valid(), &data.valid, config.seq_len, config.micro_batch, config.eval_batches, device);
+        if config.eval_every > 0
+            && (step % config.eval_every == 0 || step == config.max_steps)
+            && !data.valid.is_empty()
+        {
+            let val = evaluate(
+                &model.valid(),
+                &data.valid,
+                config.seq_len,
+                config.micro_batch,
+                config.eval_batches,
+                device,
+            );
             if let Some(v) = val {
                 m.val_loss = Some(v);
                 m.val_ppl = Some(v.exp());
                 summary.last_val_loss = Some(v);
             }
         }
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise")).map_err(|e| io(&metrics_path, &e))?;
+        writeln!(
+            metrics_file,
+            "{}",
+            serde_json::to_string(&m).expect("metrics serialise")
+        )
+        .map_err(|e| io(&metrics_path, &e))?;
         summary.first_loss.get_or_insert(m.loss);
         summary.last_loss = Some(m.loss);
         summary.steps = step;
         on_step(&m);
-        if config.checkpoint_every > 0 && (step % config.checkpoint_every == 0 || step == config.max_steps) {
+        if config.checkpoint_every > 0
+            && (step % config.checkpoint_every == 0 || step == config.max_steps)
+        {
             save_checkpoint(out, &model, &optim, &state, config.keep_checkpoints)?;
         }
     }
@@ -235,7 +302,14 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Mean loss over up to `max_batches` consecutive validation blocks (None if there is no whole block).
-pub fn evaluate<B: Backend>(model: &Opt<B>, tokens: &[u32], seq_len: usize, batch: usize, max_batches: usize, device: &B::Device) -> Option<f64> {
+pub fn evaluate<B: Backend>(
+    model: &Opt<B>,
+    tokens: &[u32],
+    seq_len: usize,
+    batch: usize,
+    max_batches: usize,
+    device: &B::Device,
+) -> Option<f64> {
     let loader = BlockLoader::new(tokens.to_vec(), seq_len, 0);
     let blocks = loader.num_blocks().min(batch * max_batches.max(1));
     if blocks == 0 {
@@ -243,11 +317,20 @@ pub fn evaluate<B: Backend>(model: &Opt<B>, tokens: &[u32], seq_len: usize, batc
     }
     let (mut sum, mut count) = (0.0, 0.0);
     for start in (0..blocks).step_by(batch) {
-        let rows: Vec<&[u32]> = (start..(start + batch).min(blocks)).map(|i| loader.block(i)).collect();
+        let rows: Vec<&[u32]> = (start..(start + batch).min(blocks))
+            .map(|i| loader.block(i))
+            .collect();
         let n = rows.len();
-        let inputs: Vec<i64> = rows.iter().flat_map(|b| b[..seq_len].iter().map(|&t| t as i64)).collect();
-        let targets: Vec<i64> = rows.iter().flat_map(|b| b[1..].iter().map(|&t| t as i64)).collect();
-        let [inputs, targets] = [inputs, targets].map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, seq_len]), device));
+        let inputs: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| b[..seq_len].iter().map(|&t| t as i64))
+            .collect();
+        let targets: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| b[1..].iter().map(|&t| t as i64))
+            .collect();
+        let [inputs, targets] = [inputs, targets]
+            .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, seq_len]), device));
         let (s, c) = loss::nll_sum(model.forward(inputs, None, None), targets);
         sum += s.into_scalar().elem::<f64>();
         count += c.into_scalar().elem::<f64>();
@@ -256,17 +339,30 @@ pub fn evaluate<B: Backend>(model: &Opt<B>, tokens: &[u32], seq_len: usize, batc
 }
 
 /// Write `checkpoints/step-N/` atomically (a temp folder renamed when complete); keep the last `keep`.
-fn save_checkpoint<B: AutodiffBackend>(out: &Path, model: &Opt<B>, optim: &OptAdamW<Opt<B>, B>, state: &LoopState, keep: usize) -> Result<(), TrainError> {
+fn save_checkpoint<B: AutodiffBackend>(
+    out: &Path,
+    model: &Opt<B>,
+    optim: &OptAdamW<Opt<B>, B>,
+    state: &LoopState,
+    keep: usize,
+) -> Result<(), TrainError> {
     let root = out.join("checkpoints");
     let dir = root.join(format!("step-{}", state.step));
     let tmp = root.join(format!(".step-{}.tmp", state.step));
-    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io { path: path.into(), message: e.to_string() };
+    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
-    model.clone().save_file(tmp.join("model"), &Rec::new()).map_err(|e| io(&tmp, &e))?;
+    model
+        .clone()
+        .save_file(tmp.join("model"), &Rec::new())
+        .map_err(|e| io(&tmp, &e))?;
     optim.save(&tmp).map_err(|e| io(&tmp, &e))?;
     let state_json = serde_json::to_string_pretty(state).expect("state serialises");
-    opt_model::fsutil::write_atomic(&tmp.join("state.json"), state_json.as_bytes()).map_err(|e| io(&tmp, &e))?;
+    opt_model::fsutil::write_atomic(&tmp.join("state.json"), state_json.as_bytes())
+        .map_err(|e| io(&tmp, &e))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, &e))?;
     let mut steps = checkpoint_steps(&root);
@@ -280,7 +376,17 @@ fn save_checkpoint<B: AutodiffBackend>(out: &Path, model: &Opt<B>, optim: &OptAd
 
 fn checkpoint_steps(root: &Path) -> Vec<u64> {
     std::fs::read_dir(root)
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.parse().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("step-")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -289,5 +395,55 @@ fn checkpoint_dirs(out: &Path) -> Vec<PathBuf> {
     let root = out.join("checkpoints");
     let mut steps = checkpoint_steps(&root);
     steps.sort_unstable_by(|a, b| b.cmp(a));
-    steps.into_iter().map(|s| root.join(format!("step-{s}"))).collect()
+    steps
+        .into_iter()
+        .map(|s| root.join(format!("step-{s}")))
+        .collect()
+}
+
+impl TrainConfig {
+    /// The paper's recipe for `preset`: its LR, token batch (by gradient accumulation over
+    /// micro-batches of `micro_batch` sequences) and schedule. The small CPU presets warm up over
+    /// 5% of `max_steps` and decay over the run instead of over 300B tokens.
+    pub fn for_preset(
+        preset: &opt_model::Preset,
+        max_steps: u64,
+        micro_batch: usize,
+        batch_tokens: Option<usize>,
+    ) -> Self {
+        let seq_len = preset.seq_len;
+        let batch_tokens = batch_tokens.unwrap_or(preset.batch_tokens);
+        let micro_batch = micro_batch.max(1);
+        let grad_accum = (batch_tokens / (seq_len * micro_batch)).max(1);
+        let tokens_per_step = (seq_len * micro_batch * grad_accum) as u64;
+        let paper = preset.config.vocab_size == 50272;
+        let schedule = if paper {
+            LrSchedule::paper(preset.max_lr, tokens_per_step)
+        } else {
+            LrSchedule {
+                max_lr: preset.max_lr,
+                warmup_steps: (max_steps / 20).max(1),
+                total_steps: max_steps,
+                final_ratio: 0.1,
+            }
+        };
+        Self {
+            preset: preset.name.to_string(),
+            model: preset.config.clone(),
+            seq_len,
+            micro_batch,
+            grad_accum,
+            max_steps,
+            schedule,
+            clip_norm: 1.0,
+            adamw: AdamWSettings::default(),
+            init_std: crate::init::INIT_STD,
+            seed: 0,
+            checkpoint_every: 100,
+            keep_checkpoints: 3,
+            eval_every: 100,
+            eval_batches: 8,
+            peak_flops: 0.0,
+        }
+    }
 }

@@ -14,13 +14,22 @@ pub fn fixture_dirs(kind: &str) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/hf-opt"));
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("cannot read fixture root {} (set OPT_HF_FIXTURES): {e}", root.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot read fixture root {} (set OPT_HF_FIXTURES): {e}",
+                root.display()
+            )
+        })
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("expected.json").is_file())
         .filter(|p| Expected::json(p)["kind"] == kind)
         .collect();
     dirs.sort();
-    assert!(!dirs.is_empty(), "no `{kind}` fixture folder found under {}", root.display());
+    assert!(
+        !dirs.is_empty(),
+        "no `{kind}` fixture folder found under {}",
+        root.display()
+    );
     dirs
 }
 
@@ -38,12 +47,16 @@ pub struct Stored {
 
 impl Expected {
     pub fn load(dir: &Path) -> Self {
-        Self { dir: dir.into(), json: Self::json(dir) }
+        Self {
+            dir: dir.into(),
+            json: Self::json(dir),
+        }
     }
 
     fn json(dir: &Path) -> Value {
         let path = dir.join("expected.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -56,7 +69,9 @@ impl Expected {
     pub fn tol(&self, key: &str) -> Tol {
         let t = &self.json["tolerances"][key];
         Tol {
-            atol: t["atol"].as_f64().unwrap_or_else(|| panic!("{}: no tolerances.{key}.atol", self.name())),
+            atol: t["atol"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{}: no tolerances.{key}.atol", self.name())),
             rtol: t["rtol"].as_f64().unwrap_or(0.0),
         }
     }
@@ -72,15 +87,39 @@ pub fn read_tensors(path: &Path) -> HashMap<String, Stored> {
             use safetensors::Dtype as D;
             let b = view.data();
             let values: Vec<f64> = match view.dtype() {
-                D::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                D::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                D::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                D::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                D::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-                D::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+                D::F32 => b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                D::F64 => b
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                D::I64 => b
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                D::I32 => b
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                D::F16 => b
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                    .collect(),
+                D::BF16 => b
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+                    .collect(),
                 d => panic!("{}: tensor {name}: dtype {d:?} not handled", path.display()),
             };
-            (name, Stored { shape: view.shape().to_vec(), values })
+            (
+                name,
+                Stored {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            )
         })
         .collect()
 }
@@ -94,8 +133,20 @@ pub struct Tol {
 
 /// Compare element-wise where `keep` (if given) is true; panic naming the worst element on failure.
 /// Returns the largest absolute difference seen.
-pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], tol: Tol, keep: Option<&[bool]>) -> f64 {
-    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs expected {}", actual.len(), expected.len());
+pub fn assert_close(
+    what: &str,
+    actual: &[f64],
+    expected: &[f64],
+    tol: Tol,
+    keep: Option<&[bool]>,
+) -> f64 {
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{what}: length {} vs expected {}",
+        actual.len(),
+        expected.len()
+    );
     let mut max_diff = 0.0f64;
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
@@ -110,7 +161,10 @@ pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], tol: Tol, keep
         }
     }
     if let Some((i, d)) = worst {
-        panic!("{what}: element {i} differs by {d:e} (actual {}, expected {}; atol {}, rtol {})", actual[i], expected[i], tol.atol, tol.rtol);
+        panic!(
+            "{what}: element {i} differs by {d:e} (actual {}, expected {}; atol {}, rtol {})",
+            actual[i], expected[i], tol.atol, tol.rtol
+        );
     }
     max_diff
 }
@@ -120,7 +174,13 @@ pub fn int_rows(v: &Value) -> Vec<Vec<i64>> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected an array, got {v}"))
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -129,4 +189,10 @@ pub fn on_backend<T: BackendTask>(task: T) -> T::Output {
     let kind = BackendKind::from_env().expect("OPT_BACKEND");
     eprintln!("backend: {kind}");
     backend::run(kind, task).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Burn's CPU RNGs are process-global: tests that seed and draw hold this lock.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,0 +1,320 @@
+//! `opt train`: resolve the run's config, prepare its data, train, export, and print a sample.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use opt::data::OptTokenizer;
+use opt::model::generate::{generate, GenerateConfig, Sampling};
+use opt::model::{checkpoint, preset, presets};
+use opt::train::{prepare, train, DataSource, TrainConfig};
+use opt::{BackendKind, BackendTask};
+
+/// Arguments of `opt train`.
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// Model size: a paper size (125m ... 175b) or a CPU preset (tiny, cpu-small).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// A TOML run config (as written to OUT/config.toml); flags given here override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Text/JSONL files or folders (default: Shakespeare, fetched at first use).
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Output directory (default: runs/<preset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last complete checkpoint.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Sequences per forward/backward pass.
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    /// Tokens per update (reached by gradient accumulation; default: the preset's).
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Peak learning rate (default: the paper's for the preset).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Global gradient-norm clip (may be changed when resuming).
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Device peak in TFLOP/s, for an MFU estimate in the logs.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Tokenizer directory or tokenizer.json (default: train a BPE on the training split).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// Prompt for the sample printed at the end.
+    #[arg(long, default_value = "ROMEO:")]
+    pub sample_prompt: String,
+}
+
+/// `opt train`
+pub fn run(args: TrainArgs) -> Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    opt::backend::run(kind, Train(args))?
+}
+
+struct Train(TrainArgs);
+
+impl BackendTask for Train {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let resume = args.resume.is_some();
+        let out = args
+            .resume
+            .clone()
+            .or(args.out.clone())
+            .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
+        let config = resolve_config(&args, &out, resume)?;
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let mut stored = config.clone();
+        stored.model.extra.clear();
+        std::fs::write(out.join("config.toml"), toml::to_string_pretty(&stored)?)
+            .with_context(|| format!("writing {}/config.toml", out.display()))?;
+
+        let source = if args.data.is_empty() {
+            DataSource::Default
+        } else {
+            DataSource::Paths(args.data.clone())
+        };
+        if args
+            .tokenizer
+            .as_deref()
+            .is_some_and(|t| t.as_os_str() == "gpt2")
+        {
+            bail!("--tokenizer gpt2 (the built-in GPT-2 BPE) is not available yet; pass a tokenizer directory or omit --tokenizer");
+        }
+        let (tokenizer, data) = prepare(
+            &out,
+            &source,
+            args.tokenizer.as_deref(),
+            config.model.vocab_size,
+            0.05,
+            config.seed,
+        )?;
+
+        eprintln!(
+            "training {} ({} params) on {}: {} steps of {} tokens ({} x {} x {} accum), lr {:.1e}",
+            config.preset,
+            config.model.num_params(),
+            args.backend,
+            config.max_steps,
+            config.tokens_per_step(),
+            config.micro_batch,
+            config.seq_len,
+            config.grad_accum,
+            config.schedule.max_lr
+        );
+        let bar = ProgressBar::new(config.max_steps);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("template"),
+        );
+        let started = std::time::Instant::now();
+        let (model, summary) = train::<B>(&config, &data, &out, resume, &device, |m| {
+            bar.set_position(m.step);
+            let val = m
+                .val_loss
+                .map(|v| format!(" val {v:.3}"))
+                .unwrap_or_default();
+            let mfu = m
+                .mfu
+                .map(|v| format!(" mfu {:.1}%", 100.0 * v))
+                .unwrap_or_default();
+            bar.set_message(format!(
+                "loss {:.3}{val} lr {:.2e} gnorm {:.2} {:.0} tok/s{mfu}",
+                m.loss, m.lr, m.grad_norm, m.tokens_per_second
+            ));
+        })?;
+        bar.finish();
+        eprintln!(
+            "done: {} steps in {:.1}s; loss {:.3} -> {:.3}; val loss {}; median {:.0} tok/s",
+            summary.steps,
+            started.elapsed().as_secs_f64(),
+            summary.first_loss.unwrap_or(f64::NAN),
+            summary.last_loss.unwrap_or(f64::NAN),
+            summary
+                .last_val_loss
+                .map_or("n/a".into(), |v| format!("{v:.3} (ppl {:.1})", v.exp())),
+            summary.median_tokens_per_second
+        );
+
+        let export = out.join("model");
+        let model = model.valid();
+        checkpoint::save_pretrained(&model, &export)?;
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.json",
+            "merges.txt",
+        ] {
+            let from = out.join("tokenizer").join(name);
+            if from.is_file() {
+                std::fs::copy(&from, export.join(name))?;
+            }
+        }
+        eprintln!("exported the model (HF layout) to {}", export.display());
+        print_sample(&model, &tokenizer, &args.sample_prompt)?;
+        Ok(())
+    }
+}
+
+fn print_sample<B: burn::prelude::Backend>(
+    model: &opt::model::Opt<B>,
+    tokenizer: &OptTokenizer,
+    prompt: &str,
+) -> Result<()> {
+    let ids = tokenizer.encode(prompt)?;
+    let config = GenerateConfig {
+        max_new_tokens: 60.min(
+            model
+                .config
+                .max_position_embeddings
+                .saturating_sub(ids.len()),
+        ),
+        sampling: Sampling {
+            temperature: 0.8,
+            top_k: Some(40),
+            seed: 0,
+            ..Default::default()
+        },
+        eos_token_id: Some(model.config.eos_token_id as u32),
+        ..Default::default()
+    };
+    let out = generate(model, &[ids], &config, |_| {})?;
+    println!(
+        "--- sample (temperature 0.8, top-k 40, seed 0) ---\n{prompt}{}",
+        tokenizer.decode(&out.new_tokens[0], true)?
+    );
+    Ok(())
+}
+
+/// The run's config: the stored one when resuming (only schedule-independent knobs may change),
+/// else the preset's (or --config's) with the flags applied.
+fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Result<TrainConfig> {
+    let stored_path = out.join("config.toml");
+    if resume {
+        let text = std::fs::read_to_string(&stored_path).with_context(|| {
+            format!("{} holds no run to resume (no config.toml)", out.display())
+        })?;
+        let mut config: TrainConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", stored_path.display()))?;
+        if args.preset != "tiny" && args.preset != config.preset {
+            bail!(
+                "--preset {} contradicts the run in {} (preset {})",
+                args.preset,
+                out.display(),
+                config.preset
+            );
+        }
+        for (flag, given) in [
+            ("--micro-batch", args.micro_batch.is_some()),
+            ("--batch-tokens", args.batch_tokens.is_some()),
+            ("--lr", args.lr.is_some()),
+            ("--seed", args.seed.is_some()),
+            ("--config", args.config.is_some()),
+        ] {
+            if given {
+                bail!(
+                    "{flag} cannot change when resuming: it would contradict the checkpoints in {}",
+                    out.display()
+                );
+            }
+        }
+        if let Some(n) = args.max_steps {
+            config.max_steps = n;
+        }
+        if let Some(c) = args.clip {
+            config.clip_norm = c;
+        }
+        if let Some(n) = args.checkpoint_every {
+            config.checkpoint_every = n;
+        }
+        if let Some(n) = args.eval_every {
+            config.eval_every = n;
+        }
+        return Ok(config);
+    }
+    if stored_path.exists() || out.join("checkpoints").exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume {} or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    let mut config = match &args.config {
+        Some(path) => toml::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => {
+            let p = preset(&args.preset).with_context(|| {
+                let names: Vec<_> = presets().iter().map(|p| p.name).collect();
+                format!(
+                    "unknown preset `{}`; choose one of {}",
+                    args.preset,
+                    names.join(", ")
+                )
+            })?;
+            let default_steps = if p.config.vocab_size == 50272 {
+                1000
+            } else {
+                600
+            };
+            let micro = args.micro_batch.unwrap_or(if p.config.vocab_size == 50272 {
+                8
+            } else {
+                p.batch_tokens / p.seq_len
+            });
+            TrainConfig::for_preset(
+                &p,
+                args.max_steps.unwrap_or(default_steps),
+                micro,
+                args.batch_tokens,
+            )
+        }
+    };
+    if let Some(n) = args.max_steps {
+        config.max_steps = n;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    if let Some(v) = args.lr {
+        config.schedule.max_lr = v;
+    }
+    if let Some(c) = args.clip {
+        config.clip_norm = c;
+    }
+    if let Some(n) = args.checkpoint_every {
+        config.checkpoint_every = n;
+    }
+    if let Some(n) = args.eval_every {
+        config.eval_every = n;
+    }
+    if let Some(t) = args.peak_tflops {
+        config.peak_flops = t * 1e12;
+    }
+    config.validate()?;
+    Ok(config)
+}
