@@ -113,7 +113,7 @@ fn probe<B: AutodiffBackend>(kind: BackendKind, device: &B::Device) -> Result<()
     }));
     std::panic::set_hook(previous);
     match result {
-        Ok(Ok(v)) if v == 4.0 => Ok(()),
+        Ok(Ok(4.0)) => Ok(()),
         Ok(other) => Err(BackendError::Unavailable {
             kind,
             message: format!("a test reduction returned {other:?}"),

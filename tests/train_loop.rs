@@ -221,7 +221,7 @@ impl BackendTask for InitStd {
             .embed_tokens
             .weight
             .val()
-            .slice([1..2])
+            .slice(1..2)
             .into_data()
             .convert::<f64>()
             .to_vec()

@@ -44,7 +44,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -145,9 +145,8 @@ impl BackendTask for Generate {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let tok_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
-        let tokenizer = OptTokenizer::from_dir(&tok_dir).with_context(|| {
-            format!("the model directory has no tokenizer files; pass --tokenizer DIR")
-        })?;
+        let tokenizer = OptTokenizer::from_dir(&tok_dir)
+            .context("the model directory has no tokenizer files; pass --tokenizer DIR")?;
         let model = checkpoint::load_pretrained::<B::InnerBackend>(&args.model, &device)?;
         let texts: Vec<String> = match (&args.prompt, &args.prompts_file) {
             (Some(p), _) => vec![p.clone()],

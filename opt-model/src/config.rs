@@ -148,7 +148,7 @@ impl OptConfig {
                 return Err((field, "must be greater than 0".into()));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err((
                 "hidden_size",
                 format!(

@@ -183,10 +183,11 @@ fn validate<B: Backend>(
     if s.top_k == Some(0) {
         return Err(GenerateError::TopK);
     }
-    if !(s.temperature >= 0.0) {
+    // Written so that NaN is rejected too.
+    if s.temperature.is_nan() || s.temperature < 0.0 {
         return Err(GenerateError::Temperature(s.temperature));
     }
-    if !(s.repetition_penalty > 0.0) {
+    if s.repetition_penalty.is_nan() || s.repetition_penalty <= 0.0 {
         return Err(GenerateError::RepetitionPenalty(s.repetition_penalty));
     }
     let max_positions = model.config.max_position_embeddings;
