@@ -188,12 +188,13 @@ impl BackendTask for Generate {
             ..Default::default()
         };
         let stream = !args.json && prompts.len() == 1;
-        if stream {
-            print!("{}", texts[0]);
-        }
         let mut produced: Vec<u32> = Vec::new();
         let mut printed = 0;
         let out = run_generate(&model, &prompts, &config, |step| {
+            if stream && produced.is_empty() {
+                // The prompt is echoed once generation has started (after the request was validated).
+                print!("{}", texts[0]);
+            }
             if let (true, Some(Some(t))) = (stream, step.first()) {
                 produced.push(*t);
                 // Decode the whole continuation and print what is new (keeps multi-byte chars whole).

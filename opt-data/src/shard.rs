@@ -94,3 +94,43 @@ pub fn read_shard(path: &Path) -> Result<Vec<u32>, ShardError> {
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("opt-shard-test-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn round_trip_u16_and_u32_and_reject_bad_files() {
+        for (name, tokens) in [
+            ("small", vec![0u32, 2, 65535, 7]),
+            ("large", vec![1, 50271, 70000, 3]),
+        ] {
+            let path = tmp(name);
+            write_shard(&path, &tokens).unwrap();
+            let width = if name == "small" { 2 } else { 4 };
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len() as usize,
+                HEADER + width * tokens.len()
+            );
+            assert_eq!(read_shard(&path).unwrap(), tokens);
+            // A shard whose size disagrees with its header is refused, naming both.
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+            let e = read_shard(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("header says 4 tokens") && e.contains(&path.display().to_string()),
+                "{e}"
+            );
+            std::fs::write(&path, b"not a shard at all, definitely").unwrap();
+            assert!(read_shard(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("OPTTOKS"));
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
