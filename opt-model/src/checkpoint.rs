@@ -300,11 +300,16 @@ fn canonical_name(name: &str) -> String {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    std::fs::read(path).map_err(|source| CheckpointError::Io {
+/// Memory-map a weights file (validation reads only headers and, for the tied-head check, two tensors).
+fn read_file(path: &Path) -> Result<memmap2::Mmap, CheckpointError> {
+    let io = |source| CheckpointError::Io {
         path: path.into(),
         source,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and dropped before this function's caller returns; a file
+    // changed underneath would at worst fail validation or load, as with a plain read.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
 }
 
 /// Casts half-precision (and f64) tensors to float32 while loading.
