@@ -240,18 +240,7 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
                 );
             }
         }
-        if let Some(n) = args.max_steps {
-            config.max_steps = n;
-        }
-        if let Some(c) = args.clip {
-            config.clip_norm = c;
-        }
-        if let Some(n) = args.checkpoint_every {
-            config.checkpoint_every = n;
-        }
-        if let Some(n) = args.eval_every {
-            config.eval_every = n;
-        }
+        apply_run_length_flags(args, &mut config);
         return Ok(config);
     }
     if stored_path.exists() || out.join("checkpoints").exists() {
@@ -294,14 +283,24 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
             )
         }
     };
-    if let Some(n) = args.max_steps {
-        config.max_steps = n;
-    }
+    apply_run_length_flags(args, &mut config);
     if let Some(v) = args.seed {
         config.seed = v;
     }
     if let Some(v) = args.lr {
         config.schedule.max_lr = v;
+    }
+    if let Some(t) = args.peak_tflops {
+        config.peak_flops = t * 1e12;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Flags that may change on a fresh run and on a resume alike (they do not contradict checkpoints).
+fn apply_run_length_flags(args: &TrainArgs, config: &mut TrainConfig) {
+    if let Some(n) = args.max_steps {
+        config.max_steps = n;
     }
     if let Some(c) = args.clip {
         config.clip_norm = c;
@@ -312,9 +311,4 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
     if let Some(n) = args.eval_every {
         config.eval_every = n;
     }
-    if let Some(t) = args.peak_tflops {
-        config.peak_flops = t * 1e12;
-    }
-    config.validate()?;
-    Ok(config)
 }
