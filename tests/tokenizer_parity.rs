@@ -78,3 +78,45 @@ fn encodes_and_decodes_like_transformers() {
     }
     println!("{total} tokenizer cases matched in {:.2?}", start.elapsed());
 }
+
+/// The built-in GPT-2 BPE (`--tokenizer gpt2`) against plain GPT-2 for every `gpt2-ids.json`:
+/// through the documented mapping (GPT-2 id g = our id - 4), the ids, and so the pieces, are
+/// GPT-2's; decoding gives the text back.
+#[test]
+fn builtin_gpt2_matches_plain_gpt2() {
+    let start = Instant::now();
+    let tokenizer = OptTokenizer::load(Path::new("gpt2")).unwrap();
+    println!("built the GPT-2 tokenizer in {:.2?}", start.elapsed());
+    assert_eq!(tokenizer.padded_vocab_size() % 8, 0);
+    let mut total = 0;
+    for dir in fixture_dirs() {
+        let Ok(text) = std::fs::read_to_string(dir.join("gpt2-ids.json")) else {
+            continue;
+        };
+        let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
+        for case in &cases {
+            let name = case["name"].as_str().unwrap();
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let ours = tokenizer.encode_plain(text).unwrap();
+            let got: Vec<u32> = ours
+                .iter()
+                .map(|&i| opt::data::gpt2::to_gpt2_id(i).expect("no OPT special id from text"))
+                .collect();
+            assert_eq!(got, want, "{}: gpt2 case {name}", dir.display());
+            // A prompt gets OPT's `</s>` first, then the same pieces.
+            assert_eq!(tokenizer.encode(text).unwrap()[1..], ours[..]);
+            if let Some(d) = case["decoded"].as_str() {
+                assert_eq!(tokenizer.decode(&ours, false).unwrap(), d, "decode {name}");
+            }
+            total += 1;
+        }
+    }
+    assert!(total > 0, "no gpt2-ids.json under the tokenizer fixtures");
+    println!("{total} GPT-2 cases matched in {:.2?}", start.elapsed());
+}

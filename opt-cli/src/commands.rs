@@ -225,3 +225,98 @@ impl BackendTask for Generate {
         Ok(())
     }
 }
+
+/// Arguments of `opt eval`.
+#[derive(Args, Clone)]
+pub struct EvalArgs {
+    /// HF-layout model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A text/JSONL file or folder (documents joined with "\n\n"), or prepared token shards
+    /// (a `.tok` file, a folder with `valid.tok`, or a run folder).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Window length (default: the model's context, max_position_embeddings).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Sliding windows every S tokens, scoring only new tokens (default: non-overlapping windows).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Tokenizer directory (default: the model directory); unused for token shards.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `opt eval`
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    opt::backend::run(kind, Eval(args))?
+}
+
+struct Eval(EvalArgs);
+
+impl BackendTask for Eval {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let model = checkpoint::load_pretrained::<B::InnerBackend>(&args.model, &device)?;
+        let (tokens, source) = if let Some(files) = opt::data::shard_files(&args.data) {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            (opt::data::read_shards(&files)?, names.join(", "))
+        } else {
+            let tok_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
+            let tokenizer = OptTokenizer::from_dir(&tok_dir).with_context(|| {
+                format!("{} has no tokenizer files; pass --tokenizer DIR", tok_dir.display())
+            })?;
+            let options = opt::data::CorpusOptions {
+                text_field: args.text_field.clone(),
+                ..Default::default()
+            };
+            let (tokens, docs) = opt::data::text_tokens(&args.data, &tokenizer, &options)?;
+            (tokens, format!("{docs} documents joined with \"\\n\\n\""))
+        };
+        let vocab = model.config.vocab_size;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!(
+                "{}: token id {bad} is outside the model's vocabulary of {vocab}; was it prepared with another tokenizer?",
+                args.data.display()
+            );
+        }
+        let seq_len = args.seq_len.unwrap_or(model.config.max_position_embeddings);
+        let report = opt::train::perplexity(&model, &tokens, seq_len, args.stride, args.batch, &device)?;
+        if args.json {
+            let mut v = serde_json::to_value(&report)?;
+            v["data"] = args.data.display().to_string().into();
+            v["source"] = source.into();
+            println!("{v}");
+        } else {
+            println!(
+                "{} ({source}): {} tokens scored in {} windows of {}{}; mean loss {:.4}, perplexity {:.3}{}",
+                args.data.display(),
+                report.tokens,
+                report.windows,
+                seq_len,
+                args.stride.map(|s| format!(" (stride {s})")).unwrap_or_default(),
+                report.mean_loss,
+                report.perplexity,
+                if report.dropped_tokens > 0 {
+                    format!("; {} tail tokens fit no whole window and were not scored", report.dropped_tokens)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(())
+    }
+}

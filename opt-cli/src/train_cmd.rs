@@ -7,10 +7,10 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use opt::data::OptTokenizer;
+use opt::data::{is_prepared, load_manifest, OptTokenizer, PrepareError, PrepareOptions};
 use opt::model::generate::{generate, GenerateConfig, Sampling};
 use opt::model::{checkpoint, preset, presets};
-use opt::train::{prepare, train, DataSource, TrainConfig};
+use opt::train::{prepare, train, DataSource, TrainConfig, TrainData};
 use opt::{BackendKind, BackendTask};
 
 /// Arguments of `opt train`.
@@ -22,7 +22,8 @@ pub struct TrainArgs {
     /// A TOML run config (as written to OUT/config.toml); flags given here override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Text/JSONL files or folders (default: Shakespeare, fetched at first use).
+    /// Text/JSONL files or folders (.gz/.zst too), or one folder made by `opt data prepare`
+    /// (default: Shakespeare, fetched at first use).
     #[arg(long, num_args = 1..)]
     pub data: Vec<PathBuf>,
     /// Output directory (default: runs/<preset>).
@@ -54,7 +55,8 @@ pub struct TrainArgs {
     /// Device peak in TFLOP/s, for an MFU estimate in the logs.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
-    /// Tokenizer directory or tokenizer.json (default: train a BPE on the training split).
+    /// `gpt2` (built in), a tokenizer directory or a tokenizer.json (default: train a BPE on the
+    /// training split, or the prepared folder's tokenizer).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
@@ -82,33 +84,41 @@ impl BackendTask for Train {
             .clone()
             .or(args.out.clone())
             .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
-        let config = resolve_config(&args, &out, resume)?;
+        let tokenizer = args
+            .tokenizer
+            .as_deref()
+            .map(|t| {
+                OptTokenizer::load(t).with_context(|| format!("loading --tokenizer {}", t.display()))
+            })
+            .transpose()?;
+        let source = match args.data.as_slice() {
+            [] => DataSource::Default,
+            [dir] if is_prepared(dir) => DataSource::Prepared(dir.clone()),
+            paths => DataSource::Paths(paths.to_vec()),
+        };
+        let mut config = resolve_config(&args, &out, resume)?;
+        fit_vocab(
+            &mut config,
+            &tokenizer,
+            &source,
+            !resume && args.config.is_none(),
+        )?;
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let mut stored = config.clone();
         stored.model.extra.clear();
         std::fs::write(out.join("config.toml"), toml::to_string_pretty(&stored)?)
             .with_context(|| format!("writing {}/config.toml", out.display()))?;
 
-        let source = if args.data.is_empty() {
-            DataSource::Default
-        } else {
-            DataSource::Paths(args.data.clone())
+        let options = PrepareOptions {
+            seed: config.seed,
+            ..Default::default()
         };
-        if args
-            .tokenizer
-            .as_deref()
-            .is_some_and(|t| t.as_os_str() == "gpt2")
-        {
-            bail!("--tokenizer gpt2 (the built-in GPT-2 BPE) is not available yet; pass a tokenizer directory or omit --tokenizer");
-        }
-        let (tokenizer, data) = prepare(
-            &out,
-            &source,
-            args.tokenizer.as_deref(),
-            config.model.vocab_size,
-            0.05,
-            config.seed,
-        )?;
+        let prepared = prepare(&out, &source, tokenizer, config.model.vocab_size, &options)?;
+        let tokenizer = prepared.tokenizer;
+        let data = TrainData {
+            train: prepared.train,
+            valid: prepared.valid,
+        };
 
         eprintln!(
             "training {} ({} params) on {}: {} steps of {} tokens ({} x {} x {} accum), lr {:.1e}",
@@ -161,17 +171,7 @@ impl BackendTask for Train {
         let export = out.join("model");
         let model = model.valid();
         checkpoint::save_pretrained(&model, &export)?;
-        for name in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "vocab.json",
-            "merges.txt",
-        ] {
-            let from = out.join("tokenizer").join(name);
-            if from.is_file() {
-                std::fs::copy(&from, export.join(name))?;
-            }
-        }
+        tokenizer.save(&export)?;
         eprintln!("exported the model (HF layout) to {}", export.display());
         print_sample(&model, &tokenizer, &args.sample_prompt)?;
         Ok(())
@@ -232,6 +232,8 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
             ("--lr", args.lr.is_some()),
             ("--seed", args.seed.is_some()),
             ("--config", args.config.is_some()),
+            ("--data", !args.data.is_empty()),
+            ("--tokenizer", args.tokenizer.is_some()),
         ] {
             if given {
                 bail!(
@@ -247,6 +249,12 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
         bail!(
             "{} already holds a run; continue it with --resume {} or choose another --out",
             out.display(),
+            out.display()
+        );
+    }
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{} is not empty and holds no run; choose an empty or new --out",
             out.display()
         );
     }
@@ -311,4 +319,37 @@ fn apply_run_length_flags(args: &TrainArgs, config: &mut TrainConfig) {
     if let Some(n) = args.eval_every {
         config.eval_every = n;
     }
+}
+
+/// A preset's vocabulary grows to hold a larger tokenizer's (rounded up to a multiple of 8, like
+/// OPT's 50272), with a notice, when `may_grow`; otherwise (an explicit --config) a larger
+/// tokenizer is an error before anything is written.
+fn fit_vocab(
+    config: &mut TrainConfig,
+    tokenizer: &Option<OptTokenizer>,
+    source: &DataSource,
+    may_grow: bool,
+) -> Result<()> {
+    let vocab = match (tokenizer, source) {
+        (Some(t), _) => t.vocab_size(),
+        (None, DataSource::Prepared(dir)) => load_manifest(dir)?.tokenizer.vocab_size,
+        _ => return Ok(()),
+    };
+    let model = config.model.vocab_size;
+    if vocab > model && !may_grow {
+        return Err(PrepareError::VocabTooLarge {
+            tokenizer: vocab,
+            model,
+        }
+        .into());
+    }
+    if vocab > model {
+        let padded = vocab.div_ceil(8) * 8;
+        eprintln!(
+            "note: the tokenizer has {vocab} ids; the {} preset's vocabulary grows from {model} to {padded}",
+            config.preset
+        );
+        config.model.vocab_size = padded;
+    }
+    Ok(())
 }

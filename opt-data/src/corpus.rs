@@ -18,8 +18,8 @@ pub enum CorpusError {
         line: usize,
         message: String,
     },
-    #[error("{path}: compressed corpora are not supported yet; decompress it first")]
-    Compressed { path: PathBuf },
+    #[error("{path}: cannot decompress ({message})")]
+    Decompress { path: PathBuf, message: String },
     #[error("no documents found in {0:?}")]
     Empty(Vec<PathBuf>),
 }
@@ -115,14 +115,7 @@ pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
 }
 
 fn read_file(path: &Path, options: &CorpusOptions, corpus: &mut Corpus) -> Result<(), CorpusError> {
-    let name = path.to_string_lossy();
-    if name.ends_with(".gz") || name.ends_with(".zst") {
-        return Err(CorpusError::Compressed { path: path.into() });
-    }
-    let bytes = std::fs::read(path).map_err(|source| CorpusError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let (bytes, name) = read_decompressed(path)?;
     let (text, replaced) = decode_utf8(&bytes);
     corpus.replaced_invalid_utf8 += replaced;
     let mut push = |text: &str| {
@@ -171,6 +164,41 @@ fn read_file(path: &Path, options: &CorpusOptions, corpus: &mut Corpus) -> Resul
         }
     }
     Ok(())
+}
+
+/// The bytes of `path`, decompressed when it ends in `.gz` or `.zst`, and its name without that
+/// extension (which then tells JSONL from text).
+fn read_decompressed(path: &Path) -> Result<(Vec<u8>, String), CorpusError> {
+    use std::io::Read;
+    let name = path.to_string_lossy().into_owned();
+    let file = std::fs::File::open(path).map_err(|source| CorpusError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let decompress_err = |e: std::io::Error| CorpusError::Decompress {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let mut bytes = Vec::new();
+    if let Some(inner) = name.strip_suffix(".gz") {
+        flate2::read::MultiGzDecoder::new(file)
+            .read_to_end(&mut bytes)
+            .map_err(decompress_err)?;
+        Ok((bytes, inner.to_string()))
+    } else if let Some(inner) = name.strip_suffix(".zst") {
+        zstd::stream::read::Decoder::new(file)
+            .and_then(|mut d| d.read_to_end(&mut bytes))
+            .map_err(decompress_err)?;
+        Ok((bytes, inner.to_string()))
+    } else {
+        let mut file = file;
+        file.read_to_end(&mut bytes)
+            .map_err(|source| CorpusError::Io {
+                path: path.into(),
+                source,
+            })?;
+        Ok((bytes, name))
+    }
 }
 
 /// Lossy UTF-8 decoding that also counts the replaced sequences.

@@ -11,34 +11,38 @@ pub fn pack_documents(
     tokenizer: &OptTokenizer,
     documents: &[&str],
 ) -> Result<Vec<u32>, TokenizerError> {
+    let mut tokens = Vec::new();
+    for ids in encode_documents(tokenizer, documents)? {
+        tokens.extend(ids);
+        tokens.push(special::EOS);
+    }
+    Ok(tokens)
+}
+
+/// Tokenize documents (no BOS) on every core, in order.
+pub fn encode_documents(
+    tokenizer: &OptTokenizer,
+    documents: &[&str],
+) -> Result<Vec<Vec<u32>>, TokenizerError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(documents.len().max(1));
     let chunk = documents.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<u32>, TokenizerError>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<Vec<u32>>, TokenizerError>> = std::thread::scope(|s| {
         let handles: Vec<_> = documents
             .chunks(chunk)
-            .map(|docs| {
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    for doc in docs {
-                        out.extend(tokenizer.encode_plain(doc)?);
-                        out.push(special::EOS);
-                    }
-                    Ok(out)
-                })
-            })
+            .map(|docs| s.spawn(move || docs.iter().map(|d| tokenizer.encode_plain(d)).collect()))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("tokenizer thread"))
             .collect()
     });
-    let mut tokens = Vec::new();
+    let mut out = Vec::with_capacity(documents.len());
     for part in parts {
-        tokens.extend(part?);
+        out.extend(part?);
     }
-    Ok(tokens)
+    Ok(out)
 }
 
 /// Where a loader is in its stream of batches.

@@ -4,7 +4,6 @@
 //! 4 = u32), token count u64, then the tokens. Written to a temp file and renamed, so an
 //! interrupted write never leaves a shard that looks complete.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"OPTTOKS\0";
@@ -43,15 +42,10 @@ pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<(), ShardError> {
             bytes.extend_from_slice(&t.to_le_bytes());
         }
     }
-    let io = |source| ShardError::Io {
+    crate::fsutil::write_atomic(path, &bytes).map_err(|source| ShardError::Io {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 /// Read a shard, checking its header against its size.

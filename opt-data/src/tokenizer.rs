@@ -97,6 +97,17 @@ impl OptTokenizer {
         Ok(Self { inner, add_bos })
     }
 
+    /// `gpt2` (the built-in GPT-2 BPE), a tokenizer directory, or a `tokenizer.json` file.
+    pub fn load(spec: &Path) -> Result<Self, TokenizerError> {
+        if spec.as_os_str() == "gpt2" && !spec.exists() {
+            crate::gpt2::gpt2()
+        } else if spec.is_dir() {
+            Self::from_dir(spec)
+        } else {
+            Self::from_tokenizer_json(spec)
+        }
+    }
+
     /// Wrap a `tokenizers` tokenizer.
     pub fn from_inner(inner: Tokenizer, add_bos: bool) -> Self {
         Self { inner, add_bos }
@@ -125,11 +136,50 @@ impl OptTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Text of `ids`; special tokens dropped when `skip_special`.
+    /// Text of `ids`; special tokens dropped when `skip_special` (always `</s>` and `<pad>`, OPT's
+    /// `all_special_ids`, even where a tokenizer keeps them as plain vocabulary entries).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        let kept: Vec<u32>;
+        let ids = if skip_special {
+            kept = ids
+                .iter()
+                .copied()
+                .filter(|&i| i != special::EOS && i != special::PAD)
+                .collect();
+            &kept
+        } else {
+            ids
+        };
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// The vocabulary size rounded up to a multiple of 8 (the model's embedding rows, like OPT's 50272).
+    pub fn padded_vocab_size(&self) -> usize {
+        self.vocab_size().div_ceil(8) * 8
+    }
+
+    /// Write `tokenizer.json` and a `tokenizer_config.json` with OPT's special tokens to `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
+        let io = |e: &dyn std::fmt::Display| load_err(dir, e);
+        std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+        let json = self.inner.to_string(false).map_err(|e| io(&e))?;
+        crate::fsutil::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())
+            .map_err(|e| io(&e))?;
+        let config = serde_json::json!({"add_bos_token": self.add_bos, "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"});
+        crate::fsutil::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
+            .map_err(|e| io(&e))
+    }
+
+    /// A short content hash of the tokenizer (FNV-1a 64 of its `tokenizer.json` and BOS setting).
+    pub fn fingerprint(&self) -> String {
+        let json = self.inner.to_string(false).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in json.bytes().chain([self.add_bos as u8]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("fnv1a64:{h:016x}")
     }
 
     /// Number of ids the tokenizer can produce.
@@ -176,20 +226,9 @@ pub fn train_bpe<S: AsRef<str> + Send>(
             .build()
             .map_err(err)?;
     tokenizer.train(&mut trainer, texts).map_err(err)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| TokenizerError::Load {
-        path: out_dir.into(),
-        message: e.to_string(),
-    })?;
-    let json = out_dir.join("tokenizer.json");
-    tokenizer.save(&json, false).map_err(err)?;
-    let config = serde_json::json!({"add_bos_token": true, "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"});
-    std::fs::write(out_dir.join("tokenizer_config.json"), config.to_string()).map_err(|e| {
-        TokenizerError::Load {
-            path: out_dir.into(),
-            message: e.to_string(),
-        }
-    })?;
-    OptTokenizer::from_dir(out_dir)
+    let tokenizer = OptTokenizer::from_inner(tokenizer.into(), true);
+    tokenizer.save(out_dir)?;
+    Ok(tokenizer)
 }
 
 fn read_add_bos(config: &Path) -> bool {

@@ -113,6 +113,9 @@ struct LoopState {
     step: u64,
     tokens: u64,
     cursor: Cursor,
+    /// The model config the checkpoint was made with (a resume must not contradict it).
+    #[serde(default)]
+    model: Option<OptConfig>,
 }
 
 /// What a finished run reports.
@@ -147,11 +150,15 @@ pub fn train<B: AutodiffBackend>(
     // Params are lazy: materialise them now, so the init draws come right after the run's seed.
     let mut model: Opt<B> = init_model(&config.model, config.init_std, device).fork(device);
     let mut optim = OptAdamW::<Opt<B>, B>::new(&config.adamw);
-    let mut state = LoopState::default();
+    let mut state = LoopState {
+        model: Some(config.model.clone()),
+        ..Default::default()
+    };
     let mut resumed_from = None;
     if resume {
         let mut restored = None;
         for dir in checkpoint_dirs(out) {
+            check_model_config(&dir, &config.model)?;
             let attempt = (|| -> Result<_, String> {
                 let m = init_model::<B>(&config.model, config.init_std, device)
                     .load_file(dir.join("model"), &Rec::new(), device)
@@ -178,6 +185,7 @@ pub fn train<B: AutodiffBackend>(
         }
         let (m, o, st) = restored.ok_or_else(|| TrainError::NothingToResume { out: out.into() })?;
         (model, optim, state) = (m, o, st);
+        state.model = Some(config.model.clone());
         resumed_from = Some(state.step);
     } else {
         // A fresh run must not append to another run's metrics.
@@ -320,22 +328,45 @@ pub fn evaluate<B: Backend>(
         let rows: Vec<&[u32]> = (start..(start + batch).min(blocks))
             .map(|i| loader.block(i))
             .collect();
-        let n = rows.len();
-        let inputs: Vec<i64> = rows
-            .iter()
-            .flat_map(|b| b[..seq_len].iter().map(|&t| t as i64))
-            .collect();
-        let targets: Vec<i64> = rows
-            .iter()
-            .flat_map(|b| b[1..].iter().map(|&t| t as i64))
-            .collect();
-        let [inputs, targets] = [inputs, targets]
-            .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, seq_len]), device));
-        let (s, c) = loss::nll_sum(model.forward(inputs, None, None), targets);
-        sum += s.into_scalar().elem::<f64>();
-        count += c.into_scalar().elem::<f64>();
+        let (s, c) = crate::eval::score_rows(model, &rows, 0, device);
+        sum += s;
+        count += c;
     }
     Some(sum / count)
+}
+
+/// Refuse a resume whose model config differs from the one `dir`'s checkpoint was made with
+/// (loading it would put tensors of one shape into a model of another).
+fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+        return Ok(()); // unreadable: the resume falls back past it
+    };
+    let Ok(LoopState {
+        model: Some(saved), ..
+    }) = serde_json::from_str::<LoopState>(&text)
+    else {
+        return Ok(());
+    };
+    let as_map = |c: &OptConfig| {
+        let mut c = c.clone();
+        c.extra.clear();
+        serde_json::to_value(c).expect("config serialises")
+    };
+    let (saved, given) = (as_map(&saved), as_map(model));
+    if let Some((key, was)) = saved
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(k, v)| given.get(k.as_str()) != Some(v))
+    {
+        return Err(TrainError::Config(format!(
+            "the run's config contradicts checkpoint {}: model.{key} is {} there but {} now",
+            dir.display(),
+            was,
+            given.get(key.as_str()).cloned().unwrap_or_default()
+        )));
+    }
+    Ok(())
 }
 
 /// Write `checkpoints/step-N/` atomically (a temp folder renamed when complete); keep the last `keep`.

@@ -1,0 +1,219 @@
+//! `opt bench`: throughput of training steps and generation on random weights, with the setup
+//! printed beside the figure (compare with `../shared/bench/torch_baseline.py` in the same sitting).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Subcommand};
+use opt::model::generate::{generate, GenerateConfig};
+use opt::model::{preset, presets, Preset};
+use opt::train::{init_model, train, TrainConfig, TrainData, INIT_STD};
+use opt::{BackendKind, BackendTask};
+use serde_json::json;
+
+/// What to measure.
+#[derive(Subcommand, Clone)]
+pub enum BenchCommand {
+    /// Training steps (forward, loss, backward, global clip, AdamW) on random tokens.
+    Train(BenchTrainArgs),
+    /// Greedy generation with the KV cache from random prompts (prefill included).
+    Generate(BenchGenerateArgs),
+    /// Document tokenization (as `opt data prepare` runs it) vs `tokenizers`' encode_batch.
+    Data(crate::data_cmd::BenchDataArgs),
+}
+
+/// Arguments of `opt bench train`.
+#[derive(Args, Clone)]
+pub struct BenchTrainArgs {
+    #[arg(long, default_value = "cpu-small")]
+    pub preset: String,
+    /// Timed steps (after `--warmup` untimed ones).
+    #[arg(long, default_value_t = 12)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Sequences per step (one micro-batch, no accumulation).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Sequence length (default: the preset's).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// Print one JSON object (key `tokens_per_second`: the median over the timed steps).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `opt bench generate`.
+#[derive(Args, Clone)]
+pub struct BenchGenerateArgs {
+    #[arg(long, default_value = "125m")]
+    pub preset: String,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// Exactly this many new tokens per row (EOS does not stop a row).
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Timed runs (after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// Print one JSON object (key `new_tokens_per_second`: the median over the timed runs).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `opt bench ...`
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Train(a) => opt::backend::run(a.backend.parse::<BackendKind>()?, BenchTrain(a))?,
+        BenchCommand::Generate(a) => {
+            opt::backend::run(a.backend.parse::<BackendKind>()?, BenchGenerate(a))?
+        }
+        BenchCommand::Data(a) => crate::data_cmd::bench(a),
+    }
+}
+
+fn find_preset(name: &str) -> Result<Preset> {
+    preset(name).with_context(|| {
+        let names: Vec<_> = presets().iter().map(|p| p.name).collect();
+        format!("unknown preset `{name}`; choose one of {}", names.join(", "))
+    })
+}
+
+/// Seeded uniform token ids in 4..vocab (no special tokens), from splitmix64.
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            4 + ((z ^ (z >> 31)) % (vocab as u64 - 4)) as u32
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+struct BenchTrain(BenchTrainArgs);
+
+impl BackendTask for BenchTrain {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        let mut p = find_preset(&a.preset)?;
+        if let Some(s) = a.seq_len {
+            p.seq_len = s;
+        }
+        if a.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        let total = a.warmup + a.steps;
+        let mut config = TrainConfig::for_preset(&p, total, a.batch, Some(a.batch * p.seq_len));
+        (config.checkpoint_every, config.eval_every) = (0, 0);
+        config.validate()?;
+        let blocks = a.batch * total as usize;
+        let data = TrainData {
+            train: random_tokens(blocks * (p.seq_len + 1), p.config.vocab_size, 1),
+            valid: Vec::new(),
+        };
+        let out = std::env::temp_dir().join(format!("opt-bench-train-{}", std::process::id()));
+        let mut speeds = Vec::new();
+        let result = train::<B>(&config, &data, &out, false, &device, |m| {
+            if m.step > a.warmup {
+                speeds.push(m.tokens_per_second);
+            }
+        });
+        let _ = std::fs::remove_dir_all(&out);
+        result?;
+        let tps = median(speeds.clone());
+        let setup = json!({
+            "preset": p.name, "backend": a.backend, "batch": a.batch, "seq_len": p.seq_len,
+            "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
+            "threads": threads(), "dtype": "f32",
+        });
+        if a.json {
+            let mut v = setup;
+            v["tokens_per_second"] = tps.into();
+            v["per_step_tokens_per_second"] = speeds.into();
+            println!("{v}");
+        } else {
+            println!("bench train {setup}\n  median {tps:.0} tokens/s over {} steps", a.steps);
+        }
+        Ok(())
+    }
+}
+
+struct BenchGenerate(BenchGenerateArgs);
+
+impl BackendTask for BenchGenerate {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        let p = find_preset(&a.preset)?;
+        if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 || a.runs == 0 {
+            bail!("--batch, --prompt-len, --new-tokens and --runs must be at least 1");
+        }
+        let model = init_model::<B>(&p.config, INIT_STD, &device).valid();
+        let prompts: Vec<Vec<u32>> = (0..a.batch)
+            .map(|i| {
+                let mut ids = vec![2];
+                ids.extend(random_tokens(a.prompt_len - 1, p.config.vocab_size, 100 + i as u64));
+                ids
+            })
+            .collect();
+        let config = GenerateConfig {
+            max_new_tokens: a.new_tokens,
+            eos_token_id: None,
+            ..Default::default()
+        };
+        let (mut speeds, mut prefills) = (Vec::new(), Vec::new());
+        for run in 0..=a.runs {
+            let started = Instant::now();
+            let mut first = None;
+            let out = generate(&model, &prompts, &config, |_| {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            })?;
+            let seconds = started.elapsed().as_secs_f64();
+            let produced: usize = out.new_tokens.iter().map(Vec::len).sum();
+            if run > 0 {
+                speeds.push(produced as f64 / seconds);
+                prefills.push(first.unwrap_or(f64::NAN));
+            }
+        }
+        let tps = median(speeds.clone());
+        let setup = json!({
+            "preset": p.name, "backend": a.backend, "batch": a.batch, "prompt_len": a.prompt_len,
+            "new_tokens": a.new_tokens, "params": p.config.num_params(), "timed_runs": a.runs,
+            "threads": threads(), "dtype": "f32", "greedy": true, "kv_cache": true,
+        });
+        if a.json {
+            let mut v = setup;
+            v["new_tokens_per_second"] = tps.into();
+            v["prefill_seconds"] = median(prefills).into();
+            v["per_run_new_tokens_per_second"] = speeds.into();
+            println!("{v}");
+        } else {
+            println!(
+                "bench generate {setup}\n  median {tps:.1} new tokens/s (prefill + first token {:.3}s)",
+                median(prefills)
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! The `opt` binary end to end: data prepare -> train -> eval, `opt eval` against the library, and
+//! the bad input a user meets first (unknown preset, occupied --out, resume contradictions, a
+//! tokenizer larger than the model).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::backend::AutodiffBackend;
+use opt::backend::{BackendKind, BackendTask};
+use opt::data::{text_tokens, CorpusOptions, OptTokenizer};
+use opt::model::checkpoint;
+
+fn backend() -> String {
+    std::env::var("OPT_BACKEND").unwrap_or_else(|_| "flex".into())
+}
+
+fn opt(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_opt"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run opt");
+    eprintln!(
+        "$ opt {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = opt(args);
+    assert!(out.status.success(), "opt {} failed", args.join(" "));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `opt`, expects failure, returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = opt(args);
+    assert!(!out.status.success(), "opt {} should have failed", args.join(" "));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "a panic is not an error message: {err}");
+    err
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Generated English-like text: a few hundred varied sentences in blank-line-separated blocks.
+fn write_text(path: &Path) {
+    let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "cat", "runs"];
+    let mut s = String::new();
+    let mut x = 7u64;
+    for i in 0..400 {
+        for _ in 0..12 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s.push_str(words[(x >> 33) as usize % words.len()]);
+            s.push(' ');
+        }
+        s.push_str(if i % 5 == 4 { ".\n\n" } else { ".\n" });
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn forward_fixture() -> PathBuf {
+    let root = std::env::var_os("OPT_HF_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf-opt"));
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|d| d.join("config.json").is_file() && d.join("model.safetensors").is_file())
+        .collect();
+    dirs.sort();
+    dirs.into_iter().next().expect("a fixture model")
+}
+
+struct LibraryEval {
+    model: PathBuf,
+    data: PathBuf,
+    seq_len: usize,
+    stride: Option<usize>,
+}
+
+impl BackendTask for LibraryEval {
+    type Output = (u64, f64);
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> (u64, f64) {
+        let model = checkpoint::load_pretrained::<B::InnerBackend>(&self.model, &device).unwrap();
+        let tok = OptTokenizer::from_dir(&self.model).unwrap();
+        let (tokens, _) = text_tokens(&self.data, &tok, &CorpusOptions::default()).unwrap();
+        let r = opt::train::perplexity(&model, &tokens, self.seq_len, self.stride, 1, &device).unwrap();
+        (r.tokens, r.mean_loss)
+    }
+}
+
+#[test]
+fn eval_cli_equals_the_library_on_the_same_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("text.txt");
+    write_text(&text);
+    // A fixture model (random weights, vocab >= 300) with a tokenizer trained here.
+    let fixture = forward_fixture();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    ok(&["tokenizer", "train", "--input", p(&text), "--vocab-size", "300", "--out", p(&model)]);
+    assert!(OptTokenizer::from_dir(&model).unwrap().vocab_size() <= 300);
+    let b = backend();
+    for (seq, stride) in [(32usize, None), (24, Some(8usize))] {
+        let seq_s = seq.to_string();
+        let mut args = vec!["eval", "--model", p(&model), "--data", p(&text), "--seq-len", &seq_s, "--json", "--backend", &b];
+        let stride_s = stride.map(|s| s.to_string());
+        if let Some(s) = &stride_s {
+            args.extend(["--stride", s]);
+        }
+        let v: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+        let kind = BackendKind::from_env().unwrap();
+        let (tokens, loss) = opt::backend::run(
+            kind,
+            LibraryEval { model: model.clone(), data: text.clone(), seq_len: seq, stride },
+        )
+        .unwrap();
+        assert_eq!(v["tokens"].as_u64().unwrap(), tokens);
+        let cli = v["mean_loss"].as_f64().unwrap();
+        assert!((cli - loss).abs() <= 1e-6 * loss.abs(), "cli {cli} vs library {loss}");
+        assert!((v["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-6 * loss.exp());
+    }
+    // Bad requests: a model folder without tokenizer files; a window longer than the context.
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), bare.join(f)).unwrap();
+    }
+    let e = fails(&["eval", "--model", p(&bare), "--data", p(&text), "--backend", &b]);
+    assert!(e.contains("no tokenizer files") && e.contains("--tokenizer"), "{e}");
+    let e = fails(&["eval", "--model", p(&model), "--data", p(&text), "--seq-len", "100000", "--backend", &b]);
+    assert!(e.contains("max_position_embeddings"), "{e}");
+}
+
+#[test]
+fn prepare_train_eval_and_the_errors_around_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("corpus.txt");
+    write_text(&text);
+    let data = tmp.path().join("prepared");
+    let b = backend();
+    let e = fails(&["data", "prepare", "--input", p(&text), "--out", p(&data), "--weights", "1,2"]);
+    assert!(e.contains("--weights has 2 values for 1 --input"), "{e}");
+    ok(&["data", "prepare", "--input", p(&text), "--split", "blank-line", "--vocab-size", "400", "--out", p(&data), "--valid-fraction", "0.2"]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["sources"][0]["documents"], 80);
+
+    // Unknown preset: named, with the choices.
+    let e = fails(&["train", "--preset", "nope", "--data", p(&data), "--out", p(&tmp.path().join("x"))]);
+    assert!(e.contains("unknown preset `nope`") && e.contains("tiny"), "{e}");
+
+    // A short run on the prepared folder, then eval of its export on the same shards.
+    let run = tmp.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--data", p(&data), "--max-steps", "2", "--checkpoint-every", "1", "--eval-every", "0", "--micro-batch", "2", "--batch-tokens", "256", "--backend", &b, "--sample-prompt", "the"];
+        a.extend_from_slice(extra);
+        a
+    };
+    ok(&train(&["--out", p(&run)]));
+    assert!(run.join("model/config.json").is_file() && run.join("model/tokenizer.json").is_file());
+    let v: serde_json::Value = serde_json::from_str(
+        ok(&["eval", "--model", p(&run.join("model")), "--data", p(&data), "--seq-len", "64", "--json", "--backend", &b]).trim(),
+    )
+    .unwrap();
+    assert!(v["mean_loss"].as_f64().unwrap() > 0.0 && v["tokens"].as_u64().unwrap() > 0);
+
+    // The same --out again: refused, pointing at --resume; a non-empty folder that is no run too.
+    let e = fails(&train(&["--out", p(&run)]));
+    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    let e = fails(&train(&["--out", p(&data)]));
+    assert!(e.contains("not empty and holds no run"), "{e}");
+
+    // Resume: flags that contradict the checkpoints are refused...
+    let e = fails(&["train", "--resume", p(&run), "--preset", "cpu-small"]);
+    assert!(e.contains("contradicts"), "{e}");
+    let e = fails(&["train", "--resume", p(&run), "--lr", "0.1"]);
+    assert!(e.contains("--lr cannot change when resuming"), "{e}");
+    // ...and so is a config.toml edited to contradict them (not a silent fallback).
+    let cfg_path = run.join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let edited = cfg.replacen("ffn_dim = 512", "ffn_dim = 256", 1);
+    assert_ne!(edited, cfg, "tiny's ffn_dim is 512");
+    std::fs::write(&cfg_path, edited).unwrap();
+    let e = fails(&["train", "--resume", p(&run), "--max-steps", "3", "--backend", &b]);
+    assert!(e.contains("contradicts checkpoint") && e.contains("ffn_dim"), "{e}");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    // A legitimate resume raises --max-steps and continues from step 2.
+    let out = ok(&["train", "--resume", p(&run), "--max-steps", "3", "--backend", &b, "--sample-prompt", "the"]);
+    assert!(!out.is_empty());
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+
+    // A tokenizer larger than an explicit config's vocabulary is an error naming both sizes.
+    let e = fails(&["train", "--config", p(&cfg_path), "--tokenizer", "gpt2", "--data", p(&text), "--out", p(&tmp.path().join("big")), "--backend", &b]);
+    assert!(e.contains("50261 ids") && e.contains("2048"), "{e}");
+}
