@@ -37,14 +37,21 @@ impl BackendTask for EvalParity {
                     None,
                 );
                 assert!((r.perplexity - r.mean_loss.exp()).abs() < 1e-9 * r.perplexity);
-                println!("{name}: eval mean loss {:.6} vs {want:.6} (|diff| {d:.2e})", r.mean_loss);
+                println!(
+                    "{name}: eval mean loss {:.6} vs {want:.6} (|diff| {d:.2e})",
+                    r.mean_loss
+                );
             }
             // A tail shorter than a window is dropped (GPTQ) and reported.
             let r = perplexity(&model, &stream[..b * t - 3], t, None, 1, &device).unwrap();
             assert_eq!((r.windows, r.dropped_tokens), (b - 1, t - 3));
             // Sliding windows score every token after the first exactly once.
             let r = perplexity(&model, &stream, t / 2, Some(t / 4), 3, &device).unwrap();
-            assert_eq!(r.tokens as usize, stream.len() - 1, "{name}: strided coverage");
+            assert_eq!(
+                r.tokens as usize,
+                stream.len() - 1,
+                "{name}: strided coverage"
+            );
             assert!(r.mean_loss.is_finite());
             // Bad requests are errors, not panics.
             let max = model.config.max_position_embeddings;

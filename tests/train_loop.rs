@@ -66,8 +66,8 @@ impl BackendTask for LossFalls {
             "8 x 32 tokens per step from micro-batches of 4"
         );
         let data = TrainData {
-            train: generated_tokens(20_000, 64),
-            valid: generated_tokens(2_000, 64),
+            train: generated_tokens(20_000, 64).into(),
+            valid: generated_tokens(2_000, 64).into(),
         };
         let out = tempfile::tempdir().unwrap();
         let (_, summary) = train::<B>(&config, &data, out.path(), false, &device, |_| {}).unwrap();
@@ -99,8 +99,8 @@ impl BackendTask for Resume {
     fn run<B: AutodiffBackend>(self, device: B::Device) {
         let _rng = common::rng_lock();
         let data = TrainData {
-            train: generated_tokens(20_000, 64),
-            valid: vec![],
+            train: generated_tokens(20_000, 64).into(),
+            valid: Vec::new().into(),
         };
         let mut config = small_config(12);
         config.model.dropout = 0.1; // dropout must also replay exactly

@@ -72,7 +72,9 @@ pub struct BenchGenerateArgs {
 /// `opt bench ...`
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Train(a) => opt::backend::run(a.backend.parse::<BackendKind>()?, BenchTrain(a))?,
+        BenchCommand::Train(a) => {
+            opt::backend::run(a.backend.parse::<BackendKind>()?, BenchTrain(a))?
+        }
         BenchCommand::Generate(a) => {
             opt::backend::run(a.backend.parse::<BackendKind>()?, BenchGenerate(a))?
         }
@@ -83,7 +85,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
 fn find_preset(name: &str) -> Result<Preset> {
     preset(name).with_context(|| {
         let names: Vec<_> = presets().iter().map(|p| p.name).collect();
-        format!("unknown preset `{name}`; choose one of {}", names.join(", "))
+        format!(
+            "unknown preset `{name}`; choose one of {}",
+            names.join(", ")
+        )
     })
 }
 
@@ -129,8 +134,8 @@ impl BackendTask for BenchTrain {
         config.validate()?;
         let blocks = a.batch * total as usize;
         let data = TrainData {
-            train: random_tokens(blocks * (p.seq_len + 1), p.config.vocab_size, 1),
-            valid: Vec::new(),
+            train: random_tokens(blocks * (p.seq_len + 1), p.config.vocab_size, 1).into(),
+            valid: Vec::new().into(),
         };
         let out = std::env::temp_dir().join(format!("opt-bench-train-{}", std::process::id()));
         let mut speeds = Vec::new();
@@ -153,7 +158,10 @@ impl BackendTask for BenchTrain {
             v["per_step_tokens_per_second"] = speeds.into();
             println!("{v}");
         } else {
-            println!("bench train {setup}\n  median {tps:.0} tokens/s over {} steps", a.steps);
+            println!(
+                "bench train {setup}\n  median {tps:.0} tokens/s over {} steps",
+                a.steps
+            );
         }
         Ok(())
     }
@@ -173,7 +181,11 @@ impl BackendTask for BenchGenerate {
         let prompts: Vec<Vec<u32>> = (0..a.batch)
             .map(|i| {
                 let mut ids = vec![2];
-                ids.extend(random_tokens(a.prompt_len - 1, p.config.vocab_size, 100 + i as u64));
+                ids.extend(random_tokens(
+                    a.prompt_len - 1,
+                    p.config.vocab_size,
+                    100 + i as u64,
+                ));
                 ids
             })
             .collect();

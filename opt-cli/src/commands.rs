@@ -277,7 +277,10 @@ impl BackendTask for Eval {
         } else {
             let tok_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
             let tokenizer = OptTokenizer::from_dir(&tok_dir).with_context(|| {
-                format!("{} has no tokenizer files; pass --tokenizer DIR", tok_dir.display())
+                format!(
+                    "{} has no tokenizer files; pass --tokenizer DIR",
+                    tok_dir.display()
+                )
             })?;
             let options = opt::data::CorpusOptions {
                 text_field: args.text_field.clone(),
@@ -294,7 +297,8 @@ impl BackendTask for Eval {
             );
         }
         let seq_len = args.seq_len.unwrap_or(model.config.max_position_embeddings);
-        let report = opt::train::perplexity(&model, &tokens, seq_len, args.stride, args.batch, &device)?;
+        let report =
+            opt::train::perplexity(&model, &tokens, seq_len, args.stride, args.batch, &device)?;
         if args.json {
             let mut v = serde_json::to_value(&report)?;
             v["data"] = args.data.display().to_string().into();

@@ -122,7 +122,10 @@ pub struct BenchDataArgs {
 pub fn tokenizer(command: TokenizerCommand) -> Result<()> {
     let TokenizerCommand::Train(a) = command;
     if a.vocab_size < 260 {
-        bail!("--vocab-size {} is too small: a byte-level BPE needs 256 byte tokens + 4 specials", a.vocab_size);
+        bail!(
+            "--vocab-size {} is too small: a byte-level BPE needs 256 byte tokens + 4 specials",
+            a.vocab_size
+        );
     }
     let corpus = read_corpus(&a.input, &a.corpus.options())?;
     report_corpus(&corpus);
@@ -153,7 +156,10 @@ fn report_corpus(corpus: &opt::data::Corpus) {
         eprintln!("warning: skipped {line}");
     }
     if corpus.skipped_lines.len() > 5 {
-        eprintln!("warning: {} lines skipped in all", corpus.skipped_lines.len());
+        eprintln!(
+            "warning: {} lines skipped in all",
+            corpus.skipped_lines.len()
+        );
     }
 }
 
@@ -182,7 +188,8 @@ pub fn data(command: DataCommand) -> Result<()> {
         .collect();
     let choice = match &a.tokenizer {
         Some(t) => TokenizerChoice::Given(
-            OptTokenizer::load(t).with_context(|| format!("loading --tokenizer {}", t.display()))?,
+            OptTokenizer::load(t)
+                .with_context(|| format!("loading --tokenizer {}", t.display()))?,
         ),
         None => TokenizerChoice::Train {
             vocab_size: a.vocab_size,

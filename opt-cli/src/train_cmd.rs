@@ -88,7 +88,8 @@ impl BackendTask for Train {
             .tokenizer
             .as_deref()
             .map(|t| {
-                OptTokenizer::load(t).with_context(|| format!("loading --tokenizer {}", t.display()))
+                OptTokenizer::load(t)
+                    .with_context(|| format!("loading --tokenizer {}", t.display()))
             })
             .transpose()?;
         let source = match args.data.as_slice() {

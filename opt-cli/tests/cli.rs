@@ -38,9 +38,16 @@ fn ok(args: &[&str]) -> String {
 /// Runs `opt`, expects failure, returns stderr.
 fn fails(args: &[&str]) -> String {
     let out = opt(args);
-    assert!(!out.status.success(), "opt {} should have failed", args.join(" "));
+    assert!(
+        !out.status.success(),
+        "opt {} should have failed",
+        args.join(" ")
+    );
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(!err.contains("panicked"), "a panic is not an error message: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "a panic is not an error message: {err}"
+    );
     err
 }
 
@@ -50,12 +57,16 @@ fn p(path: &Path) -> &str {
 
 /// Generated English-like text: a few hundred varied sentences in blank-line-separated blocks.
 fn write_text(path: &Path) {
-    let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "cat", "runs"];
+    let words = [
+        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "cat", "runs",
+    ];
     let mut s = String::new();
     let mut x = 7u64;
     for i in 0..400 {
         for _ in 0..12 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             s.push_str(words[(x >> 33) as usize % words.len()]);
             s.push(' ');
         }
@@ -67,7 +78,9 @@ fn write_text(path: &Path) {
 fn forward_fixture() -> PathBuf {
     let root = std::env::var_os("OPT_HF_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf-opt"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf-opt")
+        });
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -90,7 +103,8 @@ impl BackendTask for LibraryEval {
         let model = checkpoint::load_pretrained::<B::InnerBackend>(&self.model, &device).unwrap();
         let tok = OptTokenizer::from_dir(&self.model).unwrap();
         let (tokens, _) = text_tokens(&self.data, &tok, &CorpusOptions::default()).unwrap();
-        let r = opt::train::perplexity(&model, &tokens, self.seq_len, self.stride, 1, &device).unwrap();
+        let r =
+            opt::train::perplexity(&model, &tokens, self.seq_len, self.stride, 1, &device).unwrap();
         (r.tokens, r.mean_loss)
     }
 }
@@ -107,12 +121,32 @@ fn eval_cli_equals_the_library_on_the_same_tokens() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture.join(f), model.join(f)).unwrap();
     }
-    ok(&["tokenizer", "train", "--input", p(&text), "--vocab-size", "300", "--out", p(&model)]);
+    ok(&[
+        "tokenizer",
+        "train",
+        "--input",
+        p(&text),
+        "--vocab-size",
+        "300",
+        "--out",
+        p(&model),
+    ]);
     assert!(OptTokenizer::from_dir(&model).unwrap().vocab_size() <= 300);
     let b = backend();
     for (seq, stride) in [(32usize, None), (24, Some(8usize))] {
         let seq_s = seq.to_string();
-        let mut args = vec!["eval", "--model", p(&model), "--data", p(&text), "--seq-len", &seq_s, "--json", "--backend", &b];
+        let mut args = vec![
+            "eval",
+            "--model",
+            p(&model),
+            "--data",
+            p(&text),
+            "--seq-len",
+            &seq_s,
+            "--json",
+            "--backend",
+            &b,
+        ];
         let stride_s = stride.map(|s| s.to_string());
         if let Some(s) = &stride_s {
             args.extend(["--stride", s]);
@@ -121,12 +155,20 @@ fn eval_cli_equals_the_library_on_the_same_tokens() {
         let kind = BackendKind::from_env().unwrap();
         let (tokens, loss) = opt::backend::run(
             kind,
-            LibraryEval { model: model.clone(), data: text.clone(), seq_len: seq, stride },
+            LibraryEval {
+                model: model.clone(),
+                data: text.clone(),
+                seq_len: seq,
+                stride,
+            },
         )
         .unwrap();
         assert_eq!(v["tokens"].as_u64().unwrap(), tokens);
         let cli = v["mean_loss"].as_f64().unwrap();
-        assert!((cli - loss).abs() <= 1e-6 * loss.abs(), "cli {cli} vs library {loss}");
+        assert!(
+            (cli - loss).abs() <= 1e-6 * loss.abs(),
+            "cli {cli} vs library {loss}"
+        );
         assert!((v["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-6 * loss.exp());
     }
     // Bad requests: a model folder without tokenizer files; a window longer than the context.
@@ -135,9 +177,30 @@ fn eval_cli_equals_the_library_on_the_same_tokens() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture.join(f), bare.join(f)).unwrap();
     }
-    let e = fails(&["eval", "--model", p(&bare), "--data", p(&text), "--backend", &b]);
-    assert!(e.contains("no tokenizer files") && e.contains("--tokenizer"), "{e}");
-    let e = fails(&["eval", "--model", p(&model), "--data", p(&text), "--seq-len", "100000", "--backend", &b]);
+    let e = fails(&[
+        "eval",
+        "--model",
+        p(&bare),
+        "--data",
+        p(&text),
+        "--backend",
+        &b,
+    ]);
+    assert!(
+        e.contains("no tokenizer files") && e.contains("--tokenizer"),
+        "{e}"
+    );
+    let e = fails(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--data",
+        p(&text),
+        "--seq-len",
+        "100000",
+        "--backend",
+        &b,
+    ]);
     assert!(e.contains("max_position_embeddings"), "{e}");
 }
 
@@ -148,36 +211,102 @@ fn prepare_train_eval_and_the_errors_around_them() {
     write_text(&text);
     let data = tmp.path().join("prepared");
     let b = backend();
-    let e = fails(&["data", "prepare", "--input", p(&text), "--out", p(&data), "--weights", "1,2"]);
+    let e = fails(&[
+        "data",
+        "prepare",
+        "--input",
+        p(&text),
+        "--out",
+        p(&data),
+        "--weights",
+        "1,2",
+    ]);
     assert!(e.contains("--weights has 2 values for 1 --input"), "{e}");
-    ok(&["data", "prepare", "--input", p(&text), "--split", "blank-line", "--vocab-size", "400", "--out", p(&data), "--valid-fraction", "0.2"]);
+    ok(&[
+        "data",
+        "prepare",
+        "--input",
+        p(&text),
+        "--split",
+        "blank-line",
+        "--vocab-size",
+        "400",
+        "--out",
+        p(&data),
+        "--valid-fraction",
+        "0.2",
+    ]);
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["sources"][0]["documents"], 80);
 
     // Unknown preset: named, with the choices.
-    let e = fails(&["train", "--preset", "nope", "--data", p(&data), "--out", p(&tmp.path().join("x"))]);
-    assert!(e.contains("unknown preset `nope`") && e.contains("tiny"), "{e}");
+    let e = fails(&[
+        "train",
+        "--preset",
+        "nope",
+        "--data",
+        p(&data),
+        "--out",
+        p(&tmp.path().join("x")),
+    ]);
+    assert!(
+        e.contains("unknown preset `nope`") && e.contains("tiny"),
+        "{e}"
+    );
 
     // A short run on the prepared folder, then eval of its export on the same shards.
     let run = tmp.path().join("run");
-    let train = |extra: &[&str]| {
-        let mut a = vec!["train", "--data", p(&data), "--max-steps", "2", "--checkpoint-every", "1", "--eval-every", "0", "--micro-batch", "2", "--batch-tokens", "256", "--backend", &b, "--sample-prompt", "the"];
-        a.extend_from_slice(extra);
-        a
-    };
-    ok(&train(&["--out", p(&run)]));
+    let base = [
+        "train",
+        "--data",
+        p(&data),
+        "--max-steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--micro-batch",
+        "2",
+        "--batch-tokens",
+        "256",
+        "--backend",
+        &b,
+        "--sample-prompt",
+        "the",
+    ];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(extra).copied().collect()
+    }
+    ok(&with(&base, &["--out", p(&run)]));
     assert!(run.join("model/config.json").is_file() && run.join("model/tokenizer.json").is_file());
     let v: serde_json::Value = serde_json::from_str(
-        ok(&["eval", "--model", p(&run.join("model")), "--data", p(&data), "--seq-len", "64", "--json", "--backend", &b]).trim(),
+        ok(&[
+            "eval",
+            "--model",
+            p(&run.join("model")),
+            "--data",
+            p(&data),
+            "--seq-len",
+            "64",
+            "--json",
+            "--backend",
+            &b,
+        ])
+        .trim(),
     )
     .unwrap();
     assert!(v["mean_loss"].as_f64().unwrap() > 0.0 && v["tokens"].as_u64().unwrap() > 0);
 
     // The same --out again: refused, pointing at --resume; a non-empty folder that is no run too.
-    let e = fails(&train(&["--out", p(&run)]));
-    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
-    let e = fails(&train(&["--out", p(&data)]));
+    let e = fails(&with(&base, &["--out", p(&run)]));
+    assert!(
+        e.contains("already holds a run") && e.contains("--resume"),
+        "{e}"
+    );
+    let e = fails(&with(&base, &["--out", p(&data)]));
     assert!(e.contains("not empty and holds no run"), "{e}");
 
     // Resume: flags that contradict the checkpoints are refused...
@@ -191,16 +320,49 @@ fn prepare_train_eval_and_the_errors_around_them() {
     let edited = cfg.replacen("ffn_dim = 512", "ffn_dim = 256", 1);
     assert_ne!(edited, cfg, "tiny's ffn_dim is 512");
     std::fs::write(&cfg_path, edited).unwrap();
-    let e = fails(&["train", "--resume", p(&run), "--max-steps", "3", "--backend", &b]);
-    assert!(e.contains("contradicts checkpoint") && e.contains("ffn_dim"), "{e}");
+    let e = fails(&[
+        "train",
+        "--resume",
+        p(&run),
+        "--max-steps",
+        "3",
+        "--backend",
+        &b,
+    ]);
+    assert!(
+        e.contains("contradicts checkpoint") && e.contains("ffn_dim"),
+        "{e}"
+    );
     std::fs::write(&cfg_path, &cfg).unwrap();
     // A legitimate resume raises --max-steps and continues from step 2.
-    let out = ok(&["train", "--resume", p(&run), "--max-steps", "3", "--backend", &b, "--sample-prompt", "the"]);
+    let out = ok(&[
+        "train",
+        "--resume",
+        p(&run),
+        "--max-steps",
+        "3",
+        "--backend",
+        &b,
+        "--sample-prompt",
+        "the",
+    ]);
     assert!(!out.is_empty());
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);
 
     // A tokenizer larger than an explicit config's vocabulary is an error naming both sizes.
-    let e = fails(&["train", "--config", p(&cfg_path), "--tokenizer", "gpt2", "--data", p(&text), "--out", p(&tmp.path().join("big")), "--backend", &b]);
+    let e = fails(&[
+        "train",
+        "--config",
+        p(&cfg_path),
+        "--tokenizer",
+        "gpt2",
+        "--data",
+        p(&text),
+        "--out",
+        p(&tmp.path().join("big")),
+        "--backend",
+        &b,
+    ]);
     assert!(e.contains("50261 ids") && e.contains("2048"), "{e}");
 }

@@ -131,7 +131,10 @@ mod tests {
     fn byte_table_matches_gpt2() {
         let t = bytes_to_unicode();
         // Hand-checked against encoder.py: space -> 'Ġ' (U+0120), newline -> 'Ċ' (U+010A), 'a' -> 'a'.
-        assert_eq!((t[b' ' as usize], t[b'\n' as usize], t[b'a' as usize]), ('Ġ', 'Ċ', 'a'));
+        assert_eq!(
+            (t[b' ' as usize], t[b'\n' as usize], t[b'a' as usize]),
+            ('Ġ', 'Ċ', 'a')
+        );
         assert_eq!(t[0], 'Ā');
         let mut all: Vec<char> = t.to_vec();
         all.sort();

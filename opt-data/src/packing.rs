@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::borrow::Cow;
+
+use crate::shard::Tokens;
 use crate::tokenizer::{special, OptTokenizer, TokenizerError};
 
 /// Tokenize documents in parallel and join them, each followed by `</s>`.
@@ -56,7 +59,7 @@ pub struct Cursor {
 /// Blocks of `seq_len + 1` tokens in a seeded order per epoch.
 #[derive(Debug, Clone)]
 pub struct BlockLoader {
-    tokens: Vec<u32>,
+    tokens: Tokens,
     seq_len: usize,
     seed: u64,
     order: Vec<u32>,
@@ -74,9 +77,9 @@ pub struct Batch {
 
 impl BlockLoader {
     /// A loader over `tokens`; the last partial block is dropped.
-    pub fn new(tokens: Vec<u32>, seq_len: usize, seed: u64) -> Self {
+    pub fn new(tokens: impl Into<Tokens>, seq_len: usize, seed: u64) -> Self {
         Self {
-            tokens,
+            tokens: tokens.into(),
             seq_len,
             seed,
             order: Vec::new(),
@@ -90,9 +93,9 @@ impl BlockLoader {
     }
 
     /// Tokens of block `i`.
-    pub fn block(&self, i: usize) -> &[u32] {
+    pub fn block(&self, i: usize) -> Cow<'_, [u32]> {
         let n = self.seq_len + 1;
-        &self.tokens[i * n..(i + 1) * n]
+        self.tokens.range(i * n, (i + 1) * n)
     }
 
     /// The shuffled order of epoch `epoch` (a Fisher-Yates shuffle from splitmix64(seed, epoch)).

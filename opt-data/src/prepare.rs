@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::corpus::{read_corpus, CorpusError, CorpusOptions};
 use crate::packing::{encode_documents, is_valid_document};
-use crate::shard::{read_shard, write_shard, ShardError};
+use crate::shard::{open_shard, write_shard, ShardError, Tokens};
 use crate::tokenizer::{special, train_bpe, OptTokenizer, TokenizerError};
 
 /// Errors preparing or loading a dataset.
@@ -72,7 +72,9 @@ impl Source {
 pub enum TokenizerChoice {
     Given(OptTokenizer),
     /// Train a byte-level BPE of this many ids on the training documents.
-    Train { vocab_size: usize },
+    Train {
+        vocab_size: usize,
+    },
 }
 
 /// Settings of a prepare.
@@ -136,8 +138,9 @@ pub struct SourceStats {
 pub struct Prepared {
     pub tokenizer: OptTokenizer,
     pub manifest: Manifest,
-    pub train: Vec<u32>,
-    pub valid: Vec<u32>,
+    /// Memory-mapped when loaded from disk.
+    pub train: Tokens,
+    pub valid: Tokens,
 }
 
 const FORMAT: &str = "opt-data/1";
@@ -286,8 +289,8 @@ pub fn prepare_dataset(
     Ok(Prepared {
         tokenizer,
         manifest,
-        train,
-        valid,
+        train: train.into(),
+        valid: valid.into(),
     })
 }
 
@@ -301,7 +304,10 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest, PrepareError> {
     let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if manifest.format != FORMAT {
-        return Err(bad(format!("format {:?}, expected {FORMAT:?}", manifest.format)));
+        return Err(bad(format!(
+            "format {:?}, expected {FORMAT:?}",
+            manifest.format
+        )));
     }
     Ok(manifest)
 }
@@ -322,8 +328,8 @@ pub fn load_prepared(dir: &Path) -> Result<Prepared, PrepareError> {
             manifest.tokenizer.fingerprint
         )));
     }
-    let train = read_shard(&dir.join("train.tok"))?;
-    let valid = read_shard(&dir.join("valid.tok"))?;
+    let train = open_shard(&dir.join("train.tok"))?;
+    let valid = open_shard(&dir.join("valid.tok"))?;
     if (train.len() as u64, valid.len() as u64) != (manifest.train_tokens, manifest.valid_tokens) {
         return Err(bad(format!(
             "the shards hold {} + {} tokens, the manifest says {} + {}",

@@ -4,7 +4,9 @@
 //! 4 = u32), token count u64, then the tokens. Written to a temp file and renamed, so an
 //! interrupted write never leaves a shard that looks complete.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"OPTTOKS\0";
 const VERSION: u32 = 1;
@@ -48,45 +50,127 @@ pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<(), ShardError> {
     })
 }
 
-/// Read a shard, checking its header against its size.
+/// Read a shard into memory, checking its header against its size.
 pub fn read_shard(path: &Path) -> Result<Vec<u32>, ShardError> {
-    let bytes = std::fs::read(path).map_err(|source| ShardError::Io {
+    Ok(open_shard(path)?.to_vec())
+}
+
+/// Memory-map a shard, checking its header against its size; tokens are read on demand.
+pub fn open_shard(path: &Path) -> Result<Tokens, ShardError> {
+    let io = |source| ShardError::Io {
         path: path.into(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only; shards are written by rename and never modified in place.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
     let bad = |message: String| ShardError::Format {
         path: path.into(),
         message,
     };
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+    if map.len() < HEADER || &map[..8] != MAGIC {
         return Err(bad("missing OPTTOKS header".into()));
     }
-    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    let u32_at = |i: usize| u32::from_le_bytes(map[i..i + 4].try_into().unwrap());
     let (version, width) = (u32_at(8), u32_at(12));
-    let count = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let count = u64::from_le_bytes(map[16..24].try_into().unwrap()) as usize;
     if version != VERSION {
         return Err(bad(format!("version {version}, expected {VERSION}")));
     }
     if width != 2 && width != 4 {
         return Err(bad(format!("token width {width}, expected 2 or 4")));
     }
-    let body = &bytes[HEADER..];
-    if body.len() != count * width as usize {
+    let body = map.len() - HEADER;
+    if count.checked_mul(width as usize) != Some(body) {
         return Err(bad(format!(
-            "header says {count} tokens of {width} bytes, but the file holds {} bytes of tokens",
-            body.len()
+            "header says {count} tokens of {width} bytes, but the file holds {body} bytes of tokens"
         )));
     }
-    Ok(match width {
-        2 => body
+    Ok(Tokens(Arc::new(Storage::Mapped {
+        map,
+        width: width as usize,
+        len: count,
+    })))
+}
+
+fn decode_tokens(bytes: &[u8], width: usize) -> Vec<u32> {
+    match width {
+        2 => bytes
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
             .collect(),
-        _ => body
+        _ => bytes
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
             .collect(),
-    })
+    }
+}
+
+/// A token stream: in memory, or a memory-mapped shard whose tokens are read on demand.
+/// Cloning is cheap (shared).
+#[derive(Clone)]
+pub struct Tokens(Arc<Storage>);
+
+enum Storage {
+    Owned(Vec<u32>),
+    Mapped {
+        map: memmap2::Mmap,
+        width: usize,
+        len: usize,
+    },
+}
+
+impl Tokens {
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        match &*self.0 {
+            Storage::Owned(v) => v.len(),
+            Storage::Mapped { len, .. } => *len,
+        }
+    }
+
+    /// Whether there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tokens `start..end` (borrowed when in memory, decoded from the map otherwise).
+    pub fn range(&self, start: usize, end: usize) -> Cow<'_, [u32]> {
+        match &*self.0 {
+            Storage::Owned(v) => Cow::Borrowed(&v[start..end]),
+            Storage::Mapped { map, width, .. } => {
+                let bytes = &map[HEADER + start * width..HEADER + end * width];
+                Cow::Owned(decode_tokens(bytes, *width))
+            }
+        }
+    }
+
+    /// All tokens, copied.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.range(0, self.len()).into_owned()
+    }
+}
+
+impl From<Vec<u32>> for Tokens {
+    fn from(v: Vec<u32>) -> Self {
+        Self(Arc::new(Storage::Owned(v)))
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &*self.0 {
+            Storage::Owned(_) => "in memory",
+            Storage::Mapped { .. } => "mapped",
+        };
+        write!(f, "Tokens({} tokens, {kind})", self.len())
+    }
+}
+
+impl PartialEq for Tokens {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.range(0, self.len()) == other.range(0, other.len())
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +195,9 @@ mod tests {
                 HEADER + width * tokens.len()
             );
             assert_eq!(read_shard(&path).unwrap(), tokens);
+            let mapped = open_shard(&path).unwrap();
+            assert_eq!((mapped.len(), &*mapped.range(1, 3)), (4, &tokens[1..3]));
+            assert_eq!(mapped, Tokens::from(tokens.clone()));
             // A shard whose size disagrees with its header is refused, naming both.
             let bytes = std::fs::read(&path).unwrap();
             std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();

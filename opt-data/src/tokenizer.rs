@@ -168,8 +168,11 @@ impl OptTokenizer {
         crate::fsutil::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())
             .map_err(|e| io(&e))?;
         let config = serde_json::json!({"add_bos_token": self.add_bos, "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"});
-        crate::fsutil::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
-            .map_err(|e| io(&e))
+        crate::fsutil::write_atomic(
+            &dir.join("tokenizer_config.json"),
+            config.to_string().as_bytes(),
+        )
+        .map_err(|e| io(&e))
     }
 
     /// A short content hash of the tokenizer (FNV-1a 64 of its `tokenizer.json` and BOS setting).

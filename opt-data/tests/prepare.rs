@@ -13,7 +13,8 @@ use opt_data::{
 };
 
 fn small_tokenizer() -> OptTokenizer {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tokenizer/bpe-small");
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tokenizer/bpe-small");
     let dir = std::env::var_os("OPT_TOKENIZER_FIXTURES")
         .map(|r| PathBuf::from(r).join("bpe-small"))
         .filter(|d| d.is_dir())
@@ -87,25 +88,39 @@ fn every_document_lands_once_in_train_or_valid_and_reruns_are_identical() {
         assert!(!ids.contains(&special::EOS));
         *want.entry(ids).or_default() += 1;
     }
-    let (train, valid) = (split_docs(&p.train), split_docs(&p.valid));
+    let (train, valid) = (split_docs(&p.train.to_vec()), split_docs(&p.valid.to_vec()));
     let mut got: HashMap<Vec<u32>, usize> = HashMap::new();
     for d in train.iter().chain(&valid) {
         *got.entry(d.clone()).or_default() += 1;
     }
     assert_eq!(got, want);
-    assert!(!valid.is_empty() && valid.len() < 120, "about 20% held out: {}", valid.len());
+    assert!(
+        !valid.is_empty() && valid.len() < 120,
+        "about 20% held out: {}",
+        valid.len()
+    );
     let m = &p.manifest;
-    assert_eq!((m.sources[0].train_documents, m.sources[0].valid_documents), (train.len(), valid.len()));
+    assert_eq!(
+        (m.sources[0].train_documents, m.sources[0].valid_documents),
+        (train.len(), valid.len())
+    );
     assert_eq!(m.train_tokens as usize, p.train.len());
     assert_eq!(m.tokenizer.fingerprint, tok.fingerprint());
 
     // On disk: shards, manifest and tokenizer load back and agree.
     let loaded = load_prepared(&out).unwrap();
-    assert_eq!((loaded.train, loaded.valid), (p.train.clone(), p.valid.clone()));
+    assert_eq!(
+        (loaded.train, loaded.valid),
+        (p.train.clone(), p.valid.clone())
+    );
     assert_eq!(loaded.manifest, p.manifest);
 
     // A re-run (another folder) decides every document the same way: identical shards.
-    let again = prepare(&[Source::new(tmp.path().join("in"))], &tmp.path().join("again"), 0.2);
+    let again = prepare(
+        &[Source::new(tmp.path().join("in"))],
+        &tmp.path().join("again"),
+        0.2,
+    );
     assert_eq!((again.train, again.valid), (p.train, p.valid));
 }
 
@@ -122,7 +137,11 @@ fn sources_mix_by_weight_and_fixed_splits_hold() {
         split,
     };
     let p = prepare(
-        &[src("a", 2.0, Split::Train), src("b", 0.5, Split::Train), src("v", 1.0, Split::Valid)],
+        &[
+            src("a", 2.0, Split::Train),
+            src("b", 0.5, Split::Train),
+            src("v", 1.0, Split::Valid),
+        ],
         &tmp.path().join("out"),
         0.0,
     );
@@ -136,15 +155,27 @@ fn sources_mix_by_weight_and_fixed_splits_hold() {
             })
             .collect()
     };
-    assert!(count(&a, &p.train).iter().all(|&c| c == 2), "weight 2: every document twice");
-    let b_counts = count(&b, &p.train);
+    assert!(
+        count(&a, &p.train.to_vec()).iter().all(|&c| c == 2),
+        "weight 2: every document twice"
+    );
+    let b_counts = count(&b, &p.train.to_vec());
     assert!(b_counts.iter().all(|&c| c <= 1));
     let kept = b_counts.iter().sum::<usize>();
-    assert!((10..=30).contains(&kept), "weight 0.5 keeps about half: {kept}");
-    assert!(count(&v, &p.train).iter().all(|&c| c == 0));
-    assert!(count(&v, &p.valid).iter().all(|&c| c == 1), "fixed valid source");
+    assert!(
+        (10..=30).contains(&kept),
+        "weight 0.5 keeps about half: {kept}"
+    );
+    assert!(count(&v, &p.train.to_vec()).iter().all(|&c| c == 0));
+    assert!(
+        count(&v, &p.valid.to_vec()).iter().all(|&c| c == 1),
+        "fixed valid source"
+    );
     assert_eq!(p.manifest.sources[0].train_tokens * 1, {
-        let n: usize = a.iter().map(|d| tok.encode_plain(d).unwrap().len() + 1).sum();
+        let n: usize = a
+            .iter()
+            .map(|d| tok.encode_plain(d).unwrap().len() + 1)
+            .sum();
         2 * n as u64
     });
 }
@@ -178,7 +209,10 @@ fn compressed_and_jsonl_inputs_read_like_plain_text() {
     // A corrupt compressed file is an error naming it.
     std::fs::write(tmp.path().join("bad.txt.zst"), b"definitely not zstd").unwrap();
     let e = read_corpus(&[tmp.path().join("bad.txt.zst")], &opts).unwrap_err();
-    assert!(matches!(e, CorpusError::Decompress { .. }) && e.to_string().contains("bad.txt.zst"), "{e}");
+    assert!(
+        matches!(e, CorpusError::Decompress { .. }) && e.to_string().contains("bad.txt.zst"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -195,17 +229,33 @@ fn bad_input_is_reported_with_file_and_line() {
     assert_eq!(c.documents.len(), 2);
     assert_eq!(c.skipped_lines.len(), 3);
     let name = f.display().to_string();
-    assert!(c.skipped_lines[0].starts_with(&format!("{name}:2: malformed JSON")), "{:?}", c.skipped_lines);
+    assert!(
+        c.skipped_lines[0].starts_with(&format!("{name}:2: malformed JSON")),
+        "{:?}",
+        c.skipped_lines
+    );
     assert!(c.skipped_lines[1].starts_with(&format!("{name}:3: no string field `text`")));
     assert!(c.skipped_lines[2].starts_with(&format!("{name}:4:")));
     // --strict: the first bad line is an error naming file and line.
-    let strict = CorpusOptions { strict: true, ..Default::default() };
+    let strict = CorpusOptions {
+        strict: true,
+        ..Default::default()
+    };
     let e = read_corpus(std::slice::from_ref(&f), &strict).unwrap_err();
     assert!(matches!(e, CorpusError::Json { line: 2, .. }), "{e}");
     assert!(e.to_string().starts_with(&format!("{name}:2:")), "{e}");
     // Another text field name.
-    let body = CorpusOptions { text_field: "body".into(), ..Default::default() };
-    assert_eq!(read_corpus(std::slice::from_ref(&f), &body).unwrap().documents[0].text, "no text field");
+    let body = CorpusOptions {
+        text_field: "body".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        read_corpus(std::slice::from_ref(&f), &body)
+            .unwrap()
+            .documents[0]
+            .text,
+        "no text field"
+    );
 
     // Invalid UTF-8 is replaced and counted.
     let u = tmp.path().join("latin1.txt");
@@ -217,9 +267,16 @@ fn bad_input_is_reported_with_file_and_line() {
     // Blank-line splitting and metaseq's rstrip.
     let t = tmp.path().join("blocks.txt");
     std::fs::write(&t, "first block  \nstill first\n\n\n\nsecond\t\n\n").unwrap();
-    let blocks = CorpusOptions { split: TextSplit::BlankLine, ..Default::default() };
-    let texts: Vec<String> =
-        read_corpus(&[t], &blocks).unwrap().documents.into_iter().map(|d| d.text).collect();
+    let blocks = CorpusOptions {
+        split: TextSplit::BlankLine,
+        ..Default::default()
+    };
+    let texts: Vec<String> = read_corpus(&[t], &blocks)
+        .unwrap()
+        .documents
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
     assert_eq!(texts, ["first block  \nstill first", "second"]);
 
     // An empty corpus (empty files, blank JSONL) is an error, not an empty dataset.
@@ -228,7 +285,10 @@ fn bad_input_is_reported_with_file_and_line() {
     std::fs::write(empty.join("a.txt"), "   \n\n").unwrap();
     std::fs::write(empty.join("b.jsonl"), "\n").unwrap();
     let e = read_corpus(std::slice::from_ref(&empty), &lenient).unwrap_err();
-    assert!(matches!(e, CorpusError::Empty(_)) && e.to_string().contains("no documents"), "{e}");
+    assert!(
+        matches!(e, CorpusError::Empty(_)) && e.to_string().contains("no documents"),
+        "{e}"
+    );
     let e = prepare_dataset(
         &[Source::new(&empty)],
         TokenizerChoice::Given(small_tokenizer()),
@@ -238,7 +298,10 @@ fn bad_input_is_reported_with_file_and_line() {
     )
     .err()
     .unwrap();
-    assert!(matches!(e, PrepareError::Corpus(CorpusError::Empty(_))), "{e}");
+    assert!(
+        matches!(e, PrepareError::Corpus(CorpusError::Empty(_))),
+        "{e}"
+    );
     // A missing path names itself.
     let e = read_corpus(&[tmp.path().join("nope")], &lenient).unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
@@ -265,7 +328,10 @@ fn damaged_prepared_folders_are_refused() {
     v["model"]["merges"].as_array_mut().unwrap().pop();
     std::fs::write(&tok_json, v.to_string()).unwrap();
     let e = load_prepared(&out).err().unwrap().to_string();
-    assert!(e.contains("manifest.json") && e.contains("fingerprint"), "{e}");
+    assert!(
+        e.contains("manifest.json") && e.contains("fingerprint"),
+        "{e}"
+    );
     std::fs::write(&tok_json, original).unwrap();
     // No manifest: an interrupted prepare, never read as complete.
     std::fs::remove_file(out.join("manifest.json")).unwrap();
@@ -274,7 +340,10 @@ fn damaged_prepared_folders_are_refused() {
     assert!(e.contains("manifest.json"), "{e}");
     // A negative weight is refused.
     let e = prepare_dataset(
-        &[Source { weight: -1.0, ..Source::new(tmp.path().join("in")) }],
+        &[Source {
+            weight: -1.0,
+            ..Source::new(tmp.path().join("in"))
+        }],
         TokenizerChoice::Given(small_tokenizer()),
         &out,
         &options(0.1),

@@ -121,8 +121,8 @@ pub fn score_rows<B: Backend>(
             })
         })
         .collect();
-    let [inputs, targets] =
-        [inputs, targets].map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, m]), device));
+    let [inputs, targets] = [inputs, targets]
+        .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, m]), device));
     let (s, c) = loss::nll_sum(model.forward(inputs, None, None), targets);
     (s.into_scalar().elem(), c.into_scalar().elem())
 }
@@ -179,7 +179,11 @@ mod tests {
     fn strided_windows_score_every_token_once() {
         for (len, seq, stride) in [(10, 4, 2), (100, 16, 5), (17, 8, 8), (9, 9, 3), (33, 8, 1)] {
             let w = strided(len, seq, stride);
-            assert_eq!(scored_positions(&w), (1..len).collect::<Vec<_>>(), "{len} {seq} {stride}");
+            assert_eq!(
+                scored_positions(&w),
+                (1..len).collect::<Vec<_>>(),
+                "{len} {seq} {stride}"
+            );
             assert!(w.iter().all(|w| w.end - w.start <= seq));
         }
         // HF's example by hand: len 10, seq 4, stride 2 -> [0,4) all, [2,6) last 2, [4,8), [6,10).

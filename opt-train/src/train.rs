@@ -10,7 +10,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
-use opt_data::{BlockLoader, Cursor};
+use opt_data::{BlockLoader, Cursor, Tokens};
 use opt_model::{loss, Opt, OptConfig};
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +82,8 @@ impl TrainConfig {
 
 /// Training and validation token streams (documents joined with `</s>`).
 pub struct TrainData {
-    pub train: Vec<u32>,
-    pub valid: Vec<u32>,
+    pub train: Tokens,
+    pub valid: Tokens,
 }
 
 /// One line of `metrics.jsonl`.
@@ -312,22 +312,23 @@ pub fn train<B: AutodiffBackend>(
 /// Mean loss over up to `max_batches` consecutive validation blocks (None if there is no whole block).
 pub fn evaluate<B: Backend>(
     model: &Opt<B>,
-    tokens: &[u32],
+    tokens: &Tokens,
     seq_len: usize,
     batch: usize,
     max_batches: usize,
     device: &B::Device,
 ) -> Option<f64> {
-    let loader = BlockLoader::new(tokens.to_vec(), seq_len, 0);
+    let loader = BlockLoader::new(tokens.clone(), seq_len, 0);
     let blocks = loader.num_blocks().min(batch * max_batches.max(1));
     if blocks == 0 {
         return None;
     }
     let (mut sum, mut count) = (0.0, 0.0);
     for start in (0..blocks).step_by(batch) {
-        let rows: Vec<&[u32]> = (start..(start + batch).min(blocks))
+        let blocks: Vec<_> = (start..(start + batch).min(blocks))
             .map(|i| loader.block(i))
             .collect();
+        let rows: Vec<&[u32]> = blocks.iter().map(|b| b.as_ref()).collect();
         let (s, c) = crate::eval::score_rows(model, &rows, 0, device);
         sum += s;
         count += c;
