@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use opt::model::generate::{generate, GenerateConfig};
 use opt::model::{preset, presets, Preset};
-use opt::train::{init_model, train, TrainConfig, TrainData, INIT_STD};
+use opt::train::{init_model, train, Precision, TrainConfig, TrainData, INIT_STD};
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
 
@@ -42,6 +42,9 @@ pub struct BenchTrainArgs {
     pub seq_len: Option<usize>,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    /// f32, or bf16 compute with f32 master weights (flex, cuda).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Print one JSON object (key `tokens_per_second`: the median over the timed steps).
     #[arg(long)]
     pub json: bool,
@@ -131,6 +134,7 @@ impl BackendTask for BenchTrain {
         let total = a.warmup + a.steps;
         let mut config = TrainConfig::for_preset(&p, total, a.batch, Some(a.batch * p.seq_len));
         (config.checkpoint_every, config.eval_every) = (0, 0);
+        config.precision = a.precision;
         config.validate()?;
         let blocks = a.batch * total as usize;
         let data = TrainData {
@@ -150,7 +154,7 @@ impl BackendTask for BenchTrain {
         let setup = json!({
             "preset": p.name, "backend": a.backend, "batch": a.batch, "seq_len": p.seq_len,
             "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
-            "threads": threads(), "dtype": "f32",
+            "threads": threads(), "precision": format!("{:?}", a.precision).to_lowercase(),
         });
         if a.json {
             let mut v = setup;

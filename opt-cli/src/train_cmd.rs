@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use opt::data::{is_prepared, load_manifest, OptTokenizer, PrepareError, PrepareOptions};
 use opt::model::generate::{generate, GenerateConfig, Sampling};
 use opt::model::{checkpoint, preset, presets};
-use opt::train::{prepare, train, DataSource, TrainConfig, TrainData};
+use opt::train::{prepare, train, DataSource, Precision, TrainConfig, TrainData};
 use opt::{BackendKind, BackendTask};
 
 /// Arguments of `opt train`.
@@ -61,6 +61,9 @@ pub struct TrainArgs {
     pub tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    /// Compute precision: f32, or bf16 with f32 master weights and optimizer state (flex, cuda).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Prompt for the sample printed at the end.
     #[arg(long, default_value = "ROMEO:")]
     pub sample_prompt: String,
@@ -122,10 +125,11 @@ impl BackendTask for Train {
         };
 
         eprintln!(
-            "training {} ({} params) on {}: {} steps of {} tokens ({} x {} x {} accum), lr {:.1e}",
+            "training {} ({} params) on {} in {:?}: {} steps of {} tokens ({} x {} x {} accum), lr {:.1e}",
             config.preset,
             config.model.num_params(),
             args.backend,
+            config.precision,
             config.max_steps,
             config.tokens_per_step(),
             config.micro_batch,
@@ -319,6 +323,9 @@ fn apply_run_length_flags(args: &TrainArgs, config: &mut TrainConfig) {
     }
     if let Some(n) = args.eval_every {
         config.eval_every = n;
+    }
+    if let Some(p) = args.precision {
+        config.precision = p;
     }
 }
 

@@ -73,8 +73,11 @@ pub fn perplexity<B: Backend>(
         Some(stride) => strided(tokens.len(), seq_len, stride),
     };
     let (mut sum, mut count) = (0.0, 0.0);
-    // Windows of equal length go through the model together (only a strided tail differs).
-    for group in windows.chunk_by(|a, b| a.end - a.start == b.end - b.start) {
+    // Windows of equal length and scoring go through the model together (with a stride, the
+    // first window scores all its tokens and a short tail differs).
+    for group in
+        windows.chunk_by(|a, b| (a.end - a.start, a.score_from) == (b.end - b.start, b.score_from))
+    {
         for chunk in group.chunks(batch.max(1)) {
             let rows: Vec<&[u32]> = chunk.iter().map(|w| &tokens[w.start..w.end]).collect();
             let (s, c) = score_rows(model, &rows, chunk[0].score_from, device);
@@ -146,11 +149,14 @@ fn strided(len: usize, seq_len: usize, stride: usize) -> Vec<Window> {
     while begin < len {
         let end = (begin + seq_len).min(len);
         let trg_len = end - prev_end;
-        windows.push(Window {
-            start: begin,
-            end,
-            score_from: end - begin - trg_len,
-        });
+        // A one-token window predicts nothing (only possible when stride == seq_len).
+        if end - begin >= 2 {
+            windows.push(Window {
+                start: begin,
+                end,
+                score_from: end - begin - trg_len,
+            });
+        }
         prev_end = end;
         if end == len {
             break;
@@ -177,7 +183,7 @@ mod tests {
 
     #[test]
     fn strided_windows_score_every_token_once() {
-        for (len, seq, stride) in [(10, 4, 2), (100, 16, 5), (17, 8, 8), (9, 9, 3), (33, 8, 1)] {
+        for (len, seq, stride) in [(10, 4, 2), (100, 16, 5), (9, 9, 3), (33, 8, 1), (10, 4, 3)] {
             let w = strided(len, seq, stride);
             assert_eq!(
                 scored_positions(&w),
@@ -186,6 +192,15 @@ mod tests {
             );
             assert!(w.iter().all(|w| w.end - w.start <= seq));
         }
+        // stride == seq_len: the non-overlapping windows, each window's first token unpredicted,
+        // plus the short tail (a 1-token tail predicts nothing and is no window).
+        let w = strided(17, 8, 8);
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            scored_positions(&w),
+            [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15]
+        );
+        assert_eq!(scored_positions(&strided(19, 8, 8)).len(), 7 + 7 + 2);
         // HF's example by hand: len 10, seq 4, stride 2 -> [0,4) all, [2,6) last 2, [4,8), [6,10).
         let w = strided(10, 4, 2);
         assert_eq!(

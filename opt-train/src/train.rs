@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::init::init_model;
 use crate::optim::{clip_grad_norm, AdamWSettings, OptAdamW};
+use crate::precision::Precision;
 use crate::schedule::LrSchedule;
 
 /// Errors of a training run.
@@ -54,6 +55,9 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Peak FLOP/s of the device, for an MFU estimate (0 = unknown).
     pub peak_flops: f64,
+    /// Compute precision (master weights and optimizer state are always f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -141,6 +145,12 @@ pub fn train<B: AutodiffBackend>(
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<(Opt<B>, TrainSummary), TrainError> {
     config.validate()?;
+    if !config.precision.supported::<B>(device) {
+        return Err(TrainError::Config(format!(
+            "precision {:?} is not supported by this backend (bf16 runs on flex and cuda)",
+            config.precision
+        )));
+    }
     let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io {
         path: path.into(),
         message: e.to_string(),
@@ -238,7 +248,7 @@ pub fn train<B: AutodiffBackend>(
                     device,
                 )
             });
-            let logits = model.forward(inputs, None, None);
+            let logits = config.precision.logits(&model, inputs);
             let loss = loss::cross_entropy(logits, targets) / config.grad_accum as f64;
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
@@ -476,6 +486,7 @@ impl TrainConfig {
             eval_every: 100,
             eval_batches: 8,
             peak_flops: 0.0,
+            precision: Precision::F32,
         }
     }
 }
