@@ -31,6 +31,14 @@ fn fixture_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 #[test]
 fn encodes_and_decodes_like_transformers() {
     let start = Instant::now();
@@ -43,12 +51,7 @@ fn encodes_and_decodes_like_transformers() {
         for case in &cases {
             let name = case["name"].as_str().unwrap();
             let text = case["text"].as_str().unwrap();
-            let want: Vec<u32> = case["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
+            let want = ids(&case["ids"]);
             let t0 = Instant::now();
             let got = tokenizer.encode(text).unwrap();
             assert_eq!(got, want, "{}: case {name}", dir.display());
@@ -97,12 +100,7 @@ fn builtin_gpt2_matches_plain_gpt2() {
         for case in &cases {
             let name = case["name"].as_str().unwrap();
             let text = case["text"].as_str().unwrap();
-            let want: Vec<u32> = case["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
+            let want = ids(&case["ids"]);
             let ours = tokenizer.encode_plain(text).unwrap();
             let got: Vec<u32> = ours
                 .iter()

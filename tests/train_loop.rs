@@ -273,9 +273,9 @@ impl BackendTask for Bf16 {
         config.precision = Precision::Bf16;
         let out = tempfile::tempdir().unwrap();
         if !Precision::Bf16.supported::<B>(&device) {
-            let e = train::<B>(&config, &data, out.path(), false, &device, |_| {})
-                .err()
-                .expect("bf16 refused on a backend without it");
+            let Err(e) = train::<B>(&config, &data, out.path(), false, &device, |_| {}) else {
+                panic!("bf16 must be refused on a backend without it");
+            };
             assert!(
                 e.to_string().contains("not supported by this backend"),
                 "{e}"

@@ -187,10 +187,10 @@ pub fn data(command: DataCommand) -> Result<()> {
         })
         .collect();
     let choice = match &a.tokenizer {
-        Some(t) => TokenizerChoice::Given(
+        Some(t) => TokenizerChoice::Given(Box::new(
             OptTokenizer::load(t)
                 .with_context(|| format!("loading --tokenizer {}", t.display()))?,
-        ),
+        )),
         None => TokenizerChoice::Train {
             vocab_size: a.vocab_size,
         },

@@ -320,7 +320,7 @@ fn prepare_train_eval_and_the_errors_around_them() {
     let edited = cfg.replacen("ffn_dim = 512", "ffn_dim = 256", 1);
     assert_ne!(edited, cfg, "tiny's ffn_dim is 512");
     std::fs::write(&cfg_path, edited).unwrap();
-    let e = fails(&[
+    let resume = [
         "train",
         "--resume",
         p(&run),
@@ -328,24 +328,15 @@ fn prepare_train_eval_and_the_errors_around_them() {
         "3",
         "--backend",
         &b,
-    ]);
+    ];
+    let e = fails(&resume);
     assert!(
         e.contains("contradicts checkpoint") && e.contains("ffn_dim"),
         "{e}"
     );
     std::fs::write(&cfg_path, &cfg).unwrap();
     // A legitimate resume raises --max-steps and continues from step 2.
-    let out = ok(&[
-        "train",
-        "--resume",
-        p(&run),
-        "--max-steps",
-        "3",
-        "--backend",
-        &b,
-        "--sample-prompt",
-        "the",
-    ]);
+    let out = ok(&with(&resume, &["--sample-prompt", "the"]));
     assert!(!out.is_empty());
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);

@@ -70,7 +70,7 @@ impl Source {
 
 /// The tokenizer of a prepared dataset.
 pub enum TokenizerChoice {
-    Given(OptTokenizer),
+    Given(Box<OptTokenizer>),
     /// Train a byte-level BPE of this many ids on the training documents.
     Train {
         vocab_size: usize,
@@ -218,7 +218,7 @@ pub fn prepare_dataset(
         return Err(PrepareError::NoTraining(options.valid_fraction));
     }
     let (tokenizer, trained) = match tokenizer {
-        TokenizerChoice::Given(t) => (t, false),
+        TokenizerChoice::Given(t) => (*t, false),
         TokenizerChoice::Train { vocab_size } => (
             train_bpe(
                 train_docs.iter().map(|(_, t)| t.as_str()),

@@ -54,7 +54,7 @@ fn options(valid_fraction: f64) -> PrepareOptions {
 fn prepare(sources: &[Source], out: &Path, valid_fraction: f64) -> Prepared {
     prepare_dataset(
         sources,
-        TokenizerChoice::Given(small_tokenizer()),
+        TokenizerChoice::Given(Box::new(small_tokenizer())),
         out,
         &options(valid_fraction),
         |_| {},
@@ -171,7 +171,7 @@ fn sources_mix_by_weight_and_fixed_splits_hold() {
         count(&v, &p.valid.to_vec()).iter().all(|&c| c == 1),
         "fixed valid source"
     );
-    assert_eq!(p.manifest.sources[0].train_tokens * 1, {
+    assert_eq!(p.manifest.sources[0].train_tokens, {
         let n: usize = a
             .iter()
             .map(|d| tok.encode_plain(d).unwrap().len() + 1)
@@ -291,7 +291,7 @@ fn bad_input_is_reported_with_file_and_line() {
     );
     let e = prepare_dataset(
         &[Source::new(&empty)],
-        TokenizerChoice::Given(small_tokenizer()),
+        TokenizerChoice::Given(Box::new(small_tokenizer())),
         &tmp.path().join("out"),
         &options(0.1),
         |_| {},
@@ -344,7 +344,7 @@ fn damaged_prepared_folders_are_refused() {
             weight: -1.0,
             ..Source::new(tmp.path().join("in"))
         }],
-        TokenizerChoice::Given(small_tokenizer()),
+        TokenizerChoice::Given(Box::new(small_tokenizer())),
         &out,
         &options(0.1),
         |_| {},

@@ -41,7 +41,7 @@ pub fn prepare(
             check_vocab(t.vocab_size(), model_vocab)?;
         }
         let choice = match tokenizer {
-            Some(t) => TokenizerChoice::Given(t),
+            Some(t) => TokenizerChoice::Given(Box::new(t)),
             None => {
                 eprintln!("will train a {model_vocab}-id byte-level BPE on the training documents");
                 TokenizerChoice::Train {

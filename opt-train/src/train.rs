@@ -281,7 +281,7 @@ pub fn train<B: AutodiffBackend>(
             skipped,
         };
         if config.eval_every > 0
-            && (step % config.eval_every == 0 || step == config.max_steps)
+            && (step.is_multiple_of(config.eval_every) || step == config.max_steps)
             && !data.valid.is_empty()
         {
             let val = evaluate(
@@ -309,7 +309,7 @@ pub fn train<B: AutodiffBackend>(
         summary.steps = step;
         on_step(&m);
         if config.checkpoint_every > 0
-            && (step % config.checkpoint_every == 0 || step == config.max_steps)
+            && (step.is_multiple_of(config.checkpoint_every) || step == config.max_steps)
         {
             save_checkpoint(out, &model, &optim, &state, config.keep_checkpoints)?;
         }
