@@ -14,6 +14,16 @@ fn backend() -> String {
     std::env::var("OPT_BACKEND").unwrap_or_else(|_| "flex".into())
 }
 
+/// The backend for tests of command-line behaviour that does not depend on the kernels: wgpu on
+/// lavapipe runs each fresh `opt` process's shaders and autotuning on the CPU (minutes per test),
+/// and its numerics are covered by the library parity tests, so those use flex instead.
+fn cli_backend() -> String {
+    match backend().as_str() {
+        "wgpu" => "flex".into(),
+        other => other.into(),
+    }
+}
+
 fn opt(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_opt"))
         .args(args)
@@ -210,7 +220,7 @@ fn prepare_train_eval_and_the_errors_around_them() {
     let text = tmp.path().join("corpus.txt");
     write_text(&text);
     let data = tmp.path().join("prepared");
-    let b = backend();
+    let b = cli_backend();
     let e = fails(&[
         "data",
         "prepare",
