@@ -157,13 +157,33 @@ fn read_file(path: &Path, options: &CorpusOptions, corpus: &mut Corpus) -> Resul
         match options.split {
             TextSplit::File => push(&text),
             TextSplit::BlankLine => {
-                for block in text.split("\n\n") {
+                for block in blank_line_blocks(&text) {
                     push(block);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The blocks of `text` between blank lines (empty or whitespace-only; `\n` or `\r\n` endings),
+/// as slices of the original text.
+fn blank_line_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let (mut start, mut offset) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        if line.trim().is_empty() {
+            if offset > start {
+                blocks.push(&text[start..offset]);
+            }
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    if offset > start {
+        blocks.push(&text[start..]);
+    }
+    blocks
 }
 
 /// The bytes of `path`, decompressed when it ends in `.gz` or `.zst`, and its name without that

@@ -278,6 +278,16 @@ fn bad_input_is_reported_with_file_and_line() {
         .map(|d| d.text)
         .collect();
     assert_eq!(texts, ["first block  \nstill first", "second"]);
+    // Windows line endings and whitespace-only separator lines split too.
+    let crlf = tmp.path().join("crlf.txt");
+    std::fs::write(&crlf, "one\r\nline two\r\n\r\n  \t\r\nthree\r\n").unwrap();
+    let texts: Vec<String> = read_corpus(&[crlf], &blocks)
+        .unwrap()
+        .documents
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["one\r\nline two", "three"]);
 
     // An empty corpus (empty files, blank JSONL) is an error, not an empty dataset.
     let empty = tmp.path().join("empty");
