@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
+use opt::data::packing::splitmix64;
 use opt::model::generate::{generate, GenerateConfig};
 use opt::model::{preset, presets, Preset};
 use opt::train::{init_model, train, Precision, TrainConfig, TrainData, INIT_STD};
@@ -85,7 +86,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-fn find_preset(name: &str) -> Result<Preset> {
+/// The preset `name`, or an error listing the choices.
+pub fn find_preset(name: &str) -> Result<Preset> {
     preset(name).with_context(|| {
         let names: Vec<_> = presets().iter().map(|p| p.name).collect();
         format!(
@@ -99,22 +101,18 @@ fn find_preset(name: &str) -> Result<Preset> {
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut state = seed;
     (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            4 + ((z ^ (z >> 31)) % (vocab as u64 - 4)) as u32
-        })
+        .map(|_| 4 + (splitmix64(&mut state) % (vocab as u64 - 4)) as u32)
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn threads() -> usize {
+/// Cores this process may use.
+pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

@@ -11,6 +11,8 @@ use opt::data::{
 };
 use serde_json::json;
 
+use crate::bench::{median, threads};
+
 /// `opt tokenizer ...`
 #[derive(Subcommand, Clone)]
 pub enum TokenizerCommand {
@@ -128,7 +130,9 @@ pub fn tokenizer(command: TokenizerCommand) -> Result<()> {
         );
     }
     let corpus = read_corpus(&a.input, &a.corpus.options())?;
-    report_corpus(&corpus);
+    for w in corpus.warnings() {
+        eprintln!("warning: {w}");
+    }
     let started = Instant::now();
     let tok = train_bpe(
         corpus.documents.iter().map(|d| d.text.as_str()),
@@ -143,24 +147,6 @@ pub fn tokenizer(command: TokenizerCommand) -> Result<()> {
         a.out.join("tokenizer.json").display()
     );
     Ok(())
-}
-
-fn report_corpus(corpus: &opt::data::Corpus) {
-    if corpus.replaced_invalid_utf8 > 0 {
-        eprintln!(
-            "warning: replaced {} invalid UTF-8 sequences with U+FFFD",
-            corpus.replaced_invalid_utf8
-        );
-    }
-    for line in corpus.skipped_lines.iter().take(5) {
-        eprintln!("warning: skipped {line}");
-    }
-    if corpus.skipped_lines.len() > 5 {
-        eprintln!(
-            "warning: {} lines skipped in all",
-            corpus.skipped_lines.len()
-        );
-    }
 }
 
 /// `opt data prepare`
@@ -255,12 +241,8 @@ pub fn bench(a: BenchDataArgs) -> Result<()> {
             bail!("encode_batch gave {n} tokens, ours {tokens}: the two paths disagree");
         }
     }
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (ours, theirs) = (med(ours), med(theirs));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ours, theirs) = (median(ours), median(theirs));
+    let threads = threads();
     let v = json!({
         "documents": docs.len(), "bytes": bytes, "tokens": tokens, "threads": threads,
         "tokenizer": a.tokenizer.display().to_string(), "vocab_size": tok.vocab_size(),

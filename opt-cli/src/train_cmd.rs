@@ -8,8 +8,8 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use opt::data::{is_prepared, load_manifest, OptTokenizer, PrepareError, PrepareOptions};
+use opt::model::checkpoint;
 use opt::model::generate::{generate, GenerateConfig, Sampling};
-use opt::model::{checkpoint, preset, presets};
 use opt::train::{prepare, train, DataSource, Precision, TrainConfig, TrainData};
 use opt::{BackendKind, BackendTask};
 
@@ -270,14 +270,7 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
         )
         .with_context(|| format!("parsing {}", path.display()))?,
         None => {
-            let p = preset(&args.preset).with_context(|| {
-                let names: Vec<_> = presets().iter().map(|p| p.name).collect();
-                format!(
-                    "unknown preset `{}`; choose one of {}",
-                    args.preset,
-                    names.join(", ")
-                )
-            })?;
+            let p = crate::bench::find_preset(&args.preset)?;
             let default_steps = if p.config.vocab_size == 50272 {
                 1000
             } else {

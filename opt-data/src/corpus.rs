@@ -71,6 +71,32 @@ pub struct Corpus {
     pub skipped_lines: Vec<String>,
 }
 
+impl Corpus {
+    /// The tolerated problems as messages: replaced UTF-8, then up to 5 skipped lines and a count.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.replaced_invalid_utf8 > 0 {
+            out.push(format!(
+                "replaced {} invalid UTF-8 sequences with U+FFFD",
+                self.replaced_invalid_utf8
+            ));
+        }
+        out.extend(
+            self.skipped_lines
+                .iter()
+                .take(5)
+                .map(|l| format!("skipped {l}")),
+        );
+        if self.skipped_lines.len() > 5 {
+            out.push(format!(
+                "... {} lines skipped in all (--strict makes them errors)",
+                self.skipped_lines.len()
+            ));
+        }
+        out
+    }
+}
+
 /// Read every document under `paths` (files, or folders walked in sorted order).
 pub fn read_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Corpus, CorpusError> {
     let mut corpus = Corpus::default();

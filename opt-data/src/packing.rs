@@ -144,7 +144,8 @@ impl BlockLoader {
     }
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
+/// The splitmix64 generator: advance `state` and return the next 64 random bits.
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -152,14 +153,18 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// FNV-1a (64-bit) of `bytes`, its offset basis xor-ed with `seed`.
+pub fn fnv1a64(bytes: impl IntoIterator<Item = u8>, seed: u64) -> u64 {
+    bytes
+        .into_iter()
+        .fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
 /// Stable per-document train/valid assignment: FNV-1a hash of the text, then a seeded fraction.
 pub fn is_valid_document(text: &str, seed: u64, valid_fraction: f64) -> bool {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for b in text.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    let mut s = h;
+    let mut s = fnv1a64(text.bytes(), seed);
     (splitmix64(&mut s) as f64 / u64::MAX as f64) < valid_fraction
 }
 

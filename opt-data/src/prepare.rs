@@ -169,21 +169,8 @@ pub fn prepare_dataset(
             });
         }
         let corpus = read_corpus(&source.paths, &options.corpus)?;
-        if corpus.replaced_invalid_utf8 > 0 {
-            on_warning(&format!(
-                "{}: replaced {} invalid UTF-8 sequences with U+FFFD",
-                source.paths[0].display(),
-                corpus.replaced_invalid_utf8
-            ));
-        }
-        for line in corpus.skipped_lines.iter().take(5) {
-            on_warning(&format!("skipped {line}"));
-        }
-        if corpus.skipped_lines.len() > 5 {
-            on_warning(&format!(
-                "... {} lines skipped in all (--strict makes them errors)",
-                corpus.skipped_lines.len()
-            ));
+        for w in corpus.warnings() {
+            on_warning(&format!("{}: {w}", source.paths[0].display()));
         }
         let mut s = SourceStats {
             paths: source.paths.clone(),

@@ -178,10 +178,7 @@ impl OptTokenizer {
     /// A short content hash of the tokenizer (FNV-1a 64 of its `tokenizer.json` and BOS setting).
     pub fn fingerprint(&self) -> String {
         let json = self.inner.to_string(false).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in json.bytes().chain([self.add_bos as u8]) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = crate::packing::fnv1a64(json.bytes().chain([self.add_bos as u8]), 0);
         format!("fnv1a64:{h:016x}")
     }
 
