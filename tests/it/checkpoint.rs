@@ -1,13 +1,11 @@
 //! HF checkpoint I/O: exact round trip, half-precision and sharded files, name variants, and a
 //! typed error for each kind of bad input.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::{fixture_dirs, on_backend, read_tensors};
 use burn::tensor::backend::AutodiffBackend;
-use common::{fixture_dirs, on_backend, read_tensors};
 use opt::model::checkpoint::{self, CheckpointError};
 use opt::model::{ConfigError, OptConfig};
 use opt::BackendTask;

@@ -1,10 +1,8 @@
 //! The perplexity path (`opt eval`'s) against transformers: fed a forward fixture's input ids as one
 //! stream cut into windows of the rows' length, it must reproduce the fixture's mean loss.
 
-mod common;
-
+use crate::common::{assert_close, fixture_dirs, int_rows, on_backend, Expected};
 use burn::tensor::backend::AutodiffBackend;
-use common::{assert_close, fixture_dirs, int_rows, on_backend, Expected};
 use opt::model::checkpoint;
 use opt::train::perplexity;
 use opt::BackendTask;

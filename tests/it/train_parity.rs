@@ -2,18 +2,16 @@
 //! `train_step` fixture under `$OPT_HF_FIXTURES`: loss, grad norm, clip coefficient, raw gradients
 //! and parameters after each recorded step, for each weight-decay variant.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common::{
+    assert_close, fixture_dirs, int_rows, on_backend, read_tensors, Expected, Stored, Tol,
+};
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use common::{
-    assert_close, fixture_dirs, int_rows, on_backend, read_tensors, Expected, Stored, Tol,
-};
 use opt::model::{checkpoint, loss, Opt};
 use opt::train::{clip_grad_norm, AdamWSettings, DecayRule, LrSchedule, OptAdamW};
 use opt::BackendTask;

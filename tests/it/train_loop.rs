@@ -2,14 +2,13 @@
 //! one step for step, a corrupt latest checkpoint falls back to the previous one, the init and the
 //! schedule follow the paper.
 
-mod common;
-
+use std::ops::ControlFlow;
 use std::path::Path;
 
+use crate::common::on_backend;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use common::on_backend;
 use opt::model::OptConfig;
 use opt::train::{init_model, train, LrSchedule, StepMetrics, TrainConfig, TrainData};
 use opt::BackendTask;
@@ -59,7 +58,7 @@ struct LossFalls;
 impl BackendTask for LossFalls {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) {
-        let _rng = common::rng_lock();
+        let _rng = crate::common::rng_lock();
         let config = small_config(60);
         assert_eq!(
             config.grad_accum, 2,
@@ -70,7 +69,10 @@ impl BackendTask for LossFalls {
             valid: generated_tokens(2_000, 64).into(),
         };
         let out = tempfile::tempdir().unwrap();
-        let (_, summary) = train::<B>(&config, &data, out.path(), false, &device, |_| {}).unwrap();
+        let (_, summary) = train::<B>(&config, &data, out.path(), false, &device, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         let m = read_metrics(out.path());
         assert_eq!(m.len(), 60);
         let (first, last) = (m[0].loss, m[59].loss);
@@ -97,7 +99,7 @@ struct Resume;
 impl BackendTask for Resume {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) {
-        let _rng = common::rng_lock();
+        let _rng = crate::common::rng_lock();
         let data = TrainData {
             train: generated_tokens(20_000, 64).into(),
             valid: Vec::new().into(),
@@ -106,19 +108,28 @@ impl BackendTask for Resume {
         config.model.dropout = 0.1; // dropout must also replay exactly
         config.checkpoint_every = 3;
         let straight = tempfile::tempdir().unwrap();
-        train::<B>(&config, &data, straight.path(), false, &device, |_| {}).unwrap();
+        train::<B>(&config, &data, straight.path(), false, &device, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
 
         let split = tempfile::tempdir().unwrap();
         let mut first_half = config.clone();
         first_half.max_steps = 6;
-        train::<B>(&first_half, &data, split.path(), false, &device, |_| {}).unwrap();
+        train::<B>(&first_half, &data, split.path(), false, &device, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         // Corrupt the newest checkpoint: resume must fall back to step 3 and still replay exactly.
         std::fs::write(
             split.path().join("checkpoints/step-6/model.mpk"),
             b"garbage",
         )
         .unwrap();
-        let (_, summary) = train::<B>(&config, &data, split.path(), true, &device, |_| {}).unwrap();
+        let (_, summary) = train::<B>(&config, &data, split.path(), true, &device, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert_eq!(summary.resumed_from, Some(3));
 
         let a = read_metrics(straight.path());
@@ -168,7 +179,7 @@ struct InitStd;
 impl BackendTask for InitStd {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) {
-        let _rng = common::rng_lock();
+        let _rng = crate::common::rng_lock();
         // A mid-size config: 8 layers, d = 256, ffn 1024, vocab 4096.
         let config = OptConfig {
             max_position_embeddings: 512,
@@ -264,7 +275,7 @@ impl BackendTask for Bf16 {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) {
         use opt::train::Precision;
-        let _rng = common::rng_lock();
+        let _rng = crate::common::rng_lock();
         let data = TrainData {
             train: generated_tokens(20_000, 64).into(),
             valid: Vec::new().into(),
@@ -273,7 +284,9 @@ impl BackendTask for Bf16 {
         config.precision = Precision::Bf16;
         let out = tempfile::tempdir().unwrap();
         if !Precision::Bf16.supported::<B>(&device) {
-            let Err(e) = train::<B>(&config, &data, out.path(), false, &device, |_| {}) else {
+            let Err(e) = train::<B>(&config, &data, out.path(), false, &device, |_| {
+                ControlFlow::Continue(())
+            }) else {
                 panic!("bf16 must be refused on a backend without it");
             };
             assert!(
@@ -283,11 +296,17 @@ impl BackendTask for Bf16 {
             println!("bf16 refused on this backend, as it should be");
             return;
         }
-        let (model, _) = train::<B>(&config, &data, out.path(), false, &device, |_| {}).unwrap();
+        let (model, _) = train::<B>(&config, &data, out.path(), false, &device, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         let bf16 = read_metrics(out.path());
         let f32_out = tempfile::tempdir().unwrap();
         config.precision = Precision::F32;
-        train::<B>(&config, &data, f32_out.path(), false, &device, |_| {}).unwrap();
+        train::<B>(&config, &data, f32_out.path(), false, &device, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         let f32 = read_metrics(f32_out.path());
         let (first, last) = (bf16[0].loss, bf16[39].loss);
         println!(

@@ -367,3 +367,226 @@ fn prepare_train_eval_and_the_errors_around_them() {
     ]);
     assert!(e.contains("50261 ids") && e.contains("2048"), "{e}");
 }
+
+/// (step, loss) of every line of a run's metrics.jsonl.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_stops_with_a_checkpoint_and_resume_repeats_the_straight_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("corpus.txt");
+    write_text(&text);
+    let data = tmp.path().join("prepared");
+    ok(&[
+        "data",
+        "prepare",
+        "--input",
+        p(&text),
+        "--vocab-size",
+        "400",
+        "--out",
+        p(&data),
+    ]);
+    let b = cli_backend();
+    let steps = "150";
+    let train_args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            p(&data),
+            "--max-steps",
+            steps,
+            "--checkpoint-every",
+            "1000",
+            "--eval-every",
+            "0",
+            "--micro-batch",
+            "2",
+            "--batch-tokens",
+            "256",
+            "--backend",
+            &b,
+            "--sample-prompt",
+            "the",
+            "--log-every",
+            "25",
+            "--out",
+            p(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+
+    // Uninterrupted; stderr is no terminal here, so progress comes as lines every 25 updates.
+    let straight = tmp.path().join("straight");
+    let args = train_args(&straight);
+    let out = opt(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    for step in ["step 25/150 loss", "step 50/150 loss", "step 150/150 loss"] {
+        assert!(
+            log.contains(step),
+            "no `{step}` line off a terminal:\n{log}"
+        );
+    }
+    assert!(log.contains(" eta ") && log.contains(" tok/s"), "{log}");
+
+    // The same run, sent SIGTERM once a few updates are done: it stops after the current update
+    // with a checkpoint at that step, says how to resume, and exits 0.
+    let stopped = tmp.path().join("stopped");
+    let stderr_path = tmp.path().join("stopped.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opt"))
+        .args(train_args(&stopped))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while losses(&stopped).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    eprintln!("{log}");
+    assert!(status.success(), "a graceful stop exits 0, got {status}");
+    let at = losses(&stopped).last().unwrap().0;
+    assert!(
+        at < 150,
+        "the signal came too late to test anything (step {at})"
+    );
+    assert!(
+        log.contains(&format!("stopped by a signal after step {at}"))
+            && log.contains(&format!("--resume {}", p(&stopped))),
+        "{log}"
+    );
+    assert!(stopped
+        .join(format!("checkpoints/step-{at}/state.json"))
+        .is_file());
+    assert!(
+        !stopped.join("model").exists(),
+        "a stopped run exports nothing"
+    );
+
+    // Resumed, it logs exactly the losses of the uninterrupted run.
+    ok(&[
+        "train",
+        "--resume",
+        p(&stopped),
+        "--backend",
+        &b,
+        "--sample-prompt",
+        "the",
+    ]);
+    let (a, z) = (losses(&straight), losses(&stopped));
+    assert_eq!(a.len(), 150);
+    assert_eq!(
+        z.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (1..=150).collect::<Vec<_>>()
+    );
+    for ((step, x), (_, y)) in a.iter().zip(&z) {
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "step {step}: loss {x} straight, {y} resumed"
+        );
+    }
+}
+
+#[test]
+fn raising_max_steps_on_resume_names_the_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("corpus.txt");
+    write_text(&text);
+    let run = tmp.path().join("run");
+    let b = cli_backend();
+    let first = [
+        "train",
+        "--data",
+        p(&text),
+        "--max-steps",
+        "20",
+        "--checkpoint-every",
+        "10",
+        "--eval-every",
+        "0",
+        "--micro-batch",
+        "2",
+        "--batch-tokens",
+        "256",
+        "--backend",
+        &b,
+        "--sample-prompt",
+        "the",
+        "--out",
+        p(&run),
+    ];
+    ok(&first);
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--resume",
+            p(&run),
+            "--backend",
+            &b,
+            "--sample-prompt",
+            "the",
+        ];
+        args.extend_from_slice(extra);
+        let out = opt(&args);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let lr_at = |step: u64| {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["step"] == step)
+            .last()
+            .map(|v| v["lr"].as_f64().unwrap())
+            .unwrap()
+    };
+    // tiny: 1 warmup step (5% of 20), decay to 10% at step 20. Past it: the floor, and it says so.
+    let log = resume(&["--max-steps", "30"]);
+    assert!(
+        log.contains("schedule: warmup 1 steps to")
+            && log.contains("linear decay to 10% at step 20")
+            && log.contains("steps 21..=30 continue at the floor")
+            && log.contains("--extend-schedule"),
+        "{log}"
+    );
+    let peak = lr_at(1);
+    assert!((lr_at(25) - 0.1 * peak).abs() < 1e-12 * peak);
+    // --extend-schedule re-derives it for 40 steps: warmup 2, decay to step 40.
+    let log = resume(&["--max-steps", "40", "--extend-schedule"]);
+    assert!(
+        log.contains("now warmup 2 steps to") && log.contains("at step 40 (from step 31 on)"),
+        "{log}"
+    );
+    let expected = peak * (1.0 - (35.0 - 2.0) / 38.0 * 0.9);
+    assert!(
+        (lr_at(35) - expected).abs() < 1e-9 * peak,
+        "{} vs {expected}",
+        lr_at(35)
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("total_steps = 40"), "{config}");
+}

@@ -1,10 +1,10 @@
 //! Greedy generation parity with HF `generate()` (batched left-padded and unbatched), and
 //! KV-cache equivalence, for every `forward` fixture under `$OPT_HF_FIXTURES`.
 
-mod common;
-
+use crate::common::{
+    assert_close, fixture_dirs, int_rows, on_backend, read_tensors, Expected, Stored,
+};
 use burn::tensor::backend::AutodiffBackend;
-use common::{assert_close, fixture_dirs, int_rows, on_backend, read_tensors, Expected, Stored};
 use opt::model::generate::{generate, GenerateConfig, Generation};
 use opt::model::{checkpoint, Opt};
 use opt::BackendTask;
@@ -134,7 +134,7 @@ fn cache_equivalence<B: burn::prelude::Backend>(
         "cache vs no cache",
         &flat(&cached),
         &flat(&uncached),
-        common::Tol {
+        crate::common::Tol {
             atol: 1e-4,
             rtol: 0.0,
         },

@@ -1,11 +1,11 @@
 //! Forward parity with Hugging Face `transformers` on every `forward` fixture under `$OPT_HF_FIXTURES`:
 //! logits (unpadded and left-padded), log-sum-exp, argmax, hidden states and mean LM loss.
 
-mod common;
-
+use crate::common::{
+    assert_close, fixture_dirs, int_rows, on_backend, read_tensors, Expected, Stored,
+};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use common::{assert_close, fixture_dirs, int_rows, on_backend, read_tensors, Expected, Stored};
 use opt::model::{checkpoint, loss, Opt};
 use opt::BackendTask;
 use std::collections::HashMap;

@@ -1,0 +1,14 @@
+//! The root package's integration tests: one crate, so the generic model, optimizer and loop are
+//! compiled and linked once for all three CPU backends instead of once per test file. Each module
+//! is one concern and keeps its former file's name, so `cargo test hf_parity` selects just it.
+
+mod common;
+
+mod checkpoint;
+mod eval_parity;
+mod generation_parity;
+mod hf_parity;
+mod tokenizer_parity;
+mod train_loop;
+mod train_parity;
+mod wgpu_diff;
