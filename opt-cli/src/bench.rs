@@ -145,6 +145,7 @@ impl BackendTask for BenchTrain {
             if m.step > a.warmup {
                 speeds.push(m.tokens_per_second);
             }
+            std::ops::ControlFlow::Continue(())
         });
         let _ = std::fs::remove_dir_all(&out);
         result?;

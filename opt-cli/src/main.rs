@@ -3,6 +3,8 @@
 mod bench;
 mod commands;
 mod data_cmd;
+mod progress;
+mod stop;
 mod train_cmd;
 
 use anyhow::Result;

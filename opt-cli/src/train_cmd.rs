@@ -1,17 +1,20 @@
 //! `opt train`: resolve the run's config, prepare its data, train, export, and print a sample.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use opt::data::{is_prepared, load_manifest, OptTokenizer, PrepareError, PrepareOptions};
 use opt::model::checkpoint;
 use opt::model::generate::{generate, GenerateConfig, Sampling};
 use opt::train::{prepare, train, DataSource, Precision, TrainConfig, TrainData};
 use opt::{BackendKind, BackendTask};
+
+use crate::progress::Progress;
+use crate::stop::StopFlag;
 
 /// Arguments of `opt train`.
 #[derive(Args, Clone)]
@@ -32,8 +35,20 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its last complete checkpoint.
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Updates to run (on --resume: may be raised; see --extend-schedule).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Length of the LR schedule in updates, apart from where the run stops (metaseq's
+    /// --total-num-update vs --max-update); default: the preset's (CPU presets: --max-steps).
+    #[arg(long)]
+    pub schedule_steps: Option<u64>,
+    /// On --resume with a larger --max-steps: re-derive warmup and decay for the new length
+    /// (default: the schedule the run started with, at its floor past its end).
+    #[arg(long, requires = "resume")]
+    pub extend_schedule: bool,
+    /// Off a terminal, print a progress line every N updates (default: about every 10 s).
+    #[arg(long)]
+    pub log_every: Option<u64>,
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     #[arg(long)]
@@ -137,30 +152,29 @@ impl BackendTask for Train {
             config.grad_accum,
             config.schedule.max_lr
         );
-        let bar = ProgressBar::new(config.max_steps);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .expect("template"),
-        );
+        let stop = StopFlag::install()?;
+        let mut progress = Progress::new(config.max_steps, args.log_every);
         let started = std::time::Instant::now();
         let (model, summary) = train::<B>(&config, &data, &out, resume, &device, |m| {
-            bar.set_position(m.step);
-            let val = m
-                .val_loss
-                .map(|v| format!(" val {v:.3}"))
-                .unwrap_or_default();
-            let mfu = m
-                .mfu
-                .map(|v| format!(" mfu {:.1}%", 100.0 * v))
-                .unwrap_or_default();
-            bar.set_message(format!(
-                "loss {:.3}{val} lr {:.2e} gnorm {:.2} {:.0} tok/s{mfu}",
-                m.loss, m.lr, m.grad_norm, m.tokens_per_second
-            ));
+            progress.step(m);
+            if stop.requested() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })?;
-        bar.finish();
+        progress.finish();
+        if summary.stopped {
+            eprintln!(
+                "stopped by a signal after step {}: checkpoint {}/checkpoints/step-{} written; \
+                 continue with `opt train --resume {}`",
+                summary.steps,
+                out.display(),
+                summary.steps,
+                out.display()
+            );
+            return Ok(());
+        }
         eprintln!(
             "done: {} steps in {:.1}s; loss {:.3} -> {:.3}; val loss {}; median {:.0} tok/s",
             summary.steps,
@@ -247,7 +261,9 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
                 );
             }
         }
+        let before = config.max_steps;
         apply_run_length_flags(args, &mut config);
+        resume_schedule(args, &mut config, before);
         return Ok(config);
     }
     if stored_path.exists() || out.join("checkpoints").exists() {
@@ -290,6 +306,9 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
         }
     };
     apply_run_length_flags(args, &mut config);
+    if let Some(n) = args.schedule_steps {
+        config.schedule = config.schedule_for_steps(n);
+    }
     if let Some(v) = args.seed {
         config.seed = v;
     }
@@ -319,6 +338,36 @@ fn apply_run_length_flags(args: &TrainArgs, config: &mut TrainConfig) {
     }
     if let Some(p) = args.precision {
         config.precision = p;
+    }
+}
+
+/// On a resume: keep the run's schedule (saying so when --max-steps now runs past its end), or
+/// re-derive it with --extend-schedule / --schedule-steps, printing what changes either way.
+fn resume_schedule(args: &TrainArgs, config: &mut TrainConfig, steps_before: u64) {
+    let old = config.schedule.clone();
+    let new_length = args
+        .schedule_steps
+        .or(args.extend_schedule.then_some(config.max_steps));
+    if let Some(n) = new_length {
+        config.schedule = config.schedule_for_steps(n);
+        eprintln!(
+            "schedule: was {}; now {} (from step {} on)",
+            old.describe(),
+            config.schedule.describe(),
+            steps_before.min(config.max_steps) + 1
+        );
+    } else if config.max_steps > old.total_steps {
+        eprintln!(
+            "schedule: {} (fixed when the run started); steps {}..={} continue at the floor lr {:.2e}; \
+             pass --extend-schedule to re-derive it for {} steps",
+            old.describe(),
+            old.total_steps + 1,
+            config.max_steps,
+            old.lr(old.total_steps),
+            config.max_steps
+        );
+    } else if config.max_steps != steps_before {
+        eprintln!("schedule: {} (unchanged)", old.describe());
     }
 }
 

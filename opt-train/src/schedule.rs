@@ -23,6 +23,27 @@ impl LrSchedule {
         }
     }
 
+    /// The CPU presets' schedule for a run of `steps` updates: warmup over 5%, decay over the run.
+    pub fn over_run(max_lr: f64, steps: u64) -> Self {
+        Self {
+            max_lr,
+            warmup_steps: (steps / 20).max(1),
+            total_steps: steps.max(1),
+            final_ratio: 0.1,
+        }
+    }
+
+    /// One line naming the schedule, e.g. `warmup 30 steps to 1.0e-3, linear decay to 10% at step 600`.
+    pub fn describe(&self) -> String {
+        format!(
+            "warmup {} steps to {:.1e}, linear decay to {:.0}% at step {}",
+            self.warmup_steps,
+            self.max_lr,
+            100.0 * self.final_ratio,
+            self.total_steps
+        )
+    }
+
     /// Learning rate of the `step`-th update (1-based, as torch's LambdaLR after `step` calls).
     pub fn lr(&self, step: u64) -> f64 {
         if step <= self.warmup_steps && self.warmup_steps > 0 {

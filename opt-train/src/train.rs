@@ -2,6 +2,7 @@
 //! decay, global clipping, AdamW, metrics, validation, atomic checkpoints and exact resume.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -131,18 +132,22 @@ pub struct TrainSummary {
     pub last_val_loss: Option<f64>,
     pub median_tokens_per_second: f64,
     pub resumed_from: Option<u64>,
+    /// True when `on_step` stopped the run before `max_steps` (a checkpoint was written at `steps`).
+    pub stopped: bool,
 }
 
 type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
-/// Train (or, with `resume`, continue) a run in `out`; returns the trained model.
+/// Train (or, with `resume`, continue) a run in `out`; returns the trained model. `on_step` sees
+/// every update's metrics; `ControlFlow::Break` stops the run after that update with a checkpoint
+/// at its step (a graceful stop: `--resume` continues exactly).
 pub fn train<B: AutodiffBackend>(
     config: &TrainConfig,
     data: &TrainData,
     out: &Path,
     resume: bool,
     device: &B::Device,
-    mut on_step: impl FnMut(&StepMetrics),
+    mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
 ) -> Result<(Opt<B>, TrainSummary), TrainError> {
     config.validate()?;
     if !config.precision.supported::<B>(device) {
@@ -227,6 +232,7 @@ pub fn train<B: AutodiffBackend>(
         last_val_loss: None,
         median_tokens_per_second: 0.0,
         resumed_from,
+        stopped: false,
     };
     let mut speeds = Vec::new();
     while state.step < config.max_steps {
@@ -307,11 +313,16 @@ pub fn train<B: AutodiffBackend>(
         summary.first_loss.get_or_insert(m.loss);
         summary.last_loss = Some(m.loss);
         summary.steps = step;
-        on_step(&m);
-        if config.checkpoint_every > 0
-            && (step.is_multiple_of(config.checkpoint_every) || step == config.max_steps)
+        let stop = on_step(&m).is_break();
+        if stop
+            || (config.checkpoint_every > 0
+                && (step.is_multiple_of(config.checkpoint_every) || step == config.max_steps))
         {
             save_checkpoint(out, &model, &optim, &state, config.keep_checkpoints)?;
+        }
+        if stop && step < config.max_steps {
+            summary.stopped = true;
+            break;
         }
     }
     speeds.sort_by(f64::total_cmp);
@@ -458,17 +469,7 @@ impl TrainConfig {
         let micro_batch = micro_batch.max(1);
         let grad_accum = (batch_tokens / (seq_len * micro_batch)).max(1);
         let tokens_per_step = (seq_len * micro_batch * grad_accum) as u64;
-        let paper = preset.config.vocab_size == 50272;
-        let schedule = if paper {
-            LrSchedule::paper(preset.max_lr, tokens_per_step)
-        } else {
-            LrSchedule {
-                max_lr: preset.max_lr,
-                warmup_steps: (max_steps / 20).max(1),
-                total_steps: max_steps,
-                final_ratio: 0.1,
-            }
-        };
+        let schedule = schedule_for(preset, max_steps, tokens_per_step);
         Self {
             preset: preset.name.to_string(),
             model: preset.config.clone(),
@@ -487,6 +488,36 @@ impl TrainConfig {
             eval_batches: 8,
             peak_flops: 0.0,
             precision: Precision::F32,
+        }
+    }
+}
+
+/// The schedule of `preset` for a run of `steps` updates of `tokens_per_step` tokens: the paper's
+/// (token based: 375M warmup, decay over 300B) for the paper sizes, else [`LrSchedule::over_run`].
+fn schedule_for(preset: &opt_model::Preset, steps: u64, tokens_per_step: u64) -> LrSchedule {
+    if preset.config.vocab_size == 50272 {
+        LrSchedule::paper(preset.max_lr, tokens_per_step)
+    } else {
+        LrSchedule::over_run(preset.max_lr, steps)
+    }
+}
+
+impl TrainConfig {
+    /// The schedule this run's preset derives for `steps` updates, at this run's peak LR
+    /// (`--extend-schedule`, `--schedule-steps`); a run of an unknown preset decays over `steps`.
+    pub fn schedule_for_steps(&self, steps: u64) -> LrSchedule {
+        let derived = match opt_model::preset(&self.preset) {
+            Some(p) if p.config.vocab_size == 50272 => {
+                let mut s = schedule_for(&p, steps, self.tokens_per_step());
+                s.total_steps = steps.max(s.warmup_steps + 1);
+                s
+            }
+            _ => LrSchedule::over_run(self.schedule.max_lr, steps),
+        };
+        LrSchedule {
+            max_lr: self.schedule.max_lr,
+            final_ratio: self.schedule.final_ratio,
+            ..derived
         }
     }
 }
