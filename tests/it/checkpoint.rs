@@ -404,17 +404,17 @@ fn presets_have_the_papers_sizes() {
 
 #[test]
 fn unavailable_backend_is_a_clear_error() {
-    struct Nothing;
-    impl BackendTask for Nothing {
-        type Output = ();
-        fn run<B: AutodiffBackend>(self, _: B::Device) {}
-    }
     assert!(matches!(
         "metal".parse::<opt::BackendKind>(),
         Err(opt::BackendError::Unknown(_))
     ));
     #[cfg(not(feature = "cuda"))]
     {
+        struct Nothing;
+        impl BackendTask for Nothing {
+            type Output = ();
+            fn run<B: AutodiffBackend>(self, _: B::Device) {}
+        }
         let e = opt::backend::run(opt::BackendKind::Cuda, Nothing).unwrap_err();
         assert!(e.to_string().contains("--features cuda"), "{e}");
     }

@@ -558,9 +558,9 @@ fn raising_max_steps_on_resume_names_the_schedule() {
     let lr_at = |step: u64| {
         let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         text.lines()
+            .rev()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["step"] == step)
-            .last()
+            .find(|v| v["step"] == step)
             .map(|v| v["lr"].as_f64().unwrap())
             .unwrap()
     };
