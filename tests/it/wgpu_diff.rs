@@ -107,38 +107,47 @@ impl Run<'_> {
         }
     }
 
+    /// Logits of both models for the same ids, attention mask (if any) and caches (if any).
+    fn logits(
+        &self,
+        rows: &[Vec<i64>],
+        mask: Option<&[Vec<i64>]>,
+        caches: Option<(&mut KvCache<Flex>, &mut KvCache<Wgpu>)>,
+    ) -> (Tensor<Flex, 3>, Tensor<Wgpu, 3>) {
+        let (fd, wd) = (Default::default(), WgpuDevice::default());
+        let (fc, wc) = caches.map_or((None, None), |(f, w)| (Some(f), Some(w)));
+        let fl = self
+            .flex
+            .forward(ids(rows, &fd), mask.map(|m| ids(m, &fd)), fc);
+        let wg = self
+            .wgpu
+            .forward(ids(rows, &wd), mask.map(|m| ids(m, &wd)), wc);
+        (fl, wg)
+    }
+
     /// A full forward of `rows` (left padded by `pads`), logits and the LM loss.
     fn forward(&mut self, label: &str, rows: &[Vec<i64>], pads: &[usize]) {
-        let (fd, wd) = (Default::default(), WgpuDevice::default());
-        let mask_rows: Vec<Vec<i64>> = rows
-            .iter()
-            .zip(pads)
-            .map(|(r, &p)| (0..r.len()).map(|i| (i >= p) as i64).collect())
-            .collect();
+        let [b, t] = [rows.len(), rows[0].len()];
         let padded = pads.iter().any(|&p| p > 0);
+        let mask = pad_mask(pads, t);
         let rows: Vec<Vec<i64>> = rows
             .iter()
-            .zip(pads)
-            .map(|(r, &p)| (0..r.len()).map(|i| if i < p { 1 } else { r[i] }).collect())
+            .zip(&mask)
+            .map(|(r, m)| {
+                r.iter()
+                    .zip(m)
+                    .map(|(&id, &keep)| if keep == 1 { id } else { 1 })
+                    .collect()
+            })
             .collect();
-        let fl = self.flex.forward(
-            ids::<Flex>(&rows, &fd),
-            padded.then(|| ids::<Flex>(&mask_rows, &fd)),
-            None,
-        );
-        let wg = self.wgpu.forward(
-            ids::<Wgpu>(&rows, &wd),
-            padded.then(|| ids::<Wgpu>(&mask_rows, &wd)),
-            None,
-        );
-        let [b, t] = [rows.len(), rows[0].len()];
+        let (fl, wg) = self.logits(&rows, padded.then_some(&mask[..]), None);
         let what = format!(
             "{label} forward b{b} t{t}{}",
             if padded { " padded" } else { "" }
         );
         if t > 1 && !padded {
-            let fl_loss = loss::causal_lm_loss(fl.clone(), ids::<Flex>(&rows, &fd));
-            let wg_loss = loss::causal_lm_loss(wg.clone(), ids::<Wgpu>(&rows, &wd));
+            let fl_loss = loss::causal_lm_loss(fl.clone(), ids(&rows, &Default::default()));
+            let wg_loss = loss::causal_lm_loss(wg.clone(), ids(&rows, &WgpuDevice::default()));
             self.compare(format!("{what} loss"), values(fl_loss), values(wg_loss));
         }
         self.compare(format!("{what} logits"), values(fl), values(wg));
@@ -147,29 +156,20 @@ impl Run<'_> {
     /// Prefill `prompt_len` tokens through the KV cache, then decode the rest one at a time,
     /// comparing the logits of every call.
     fn cached(&mut self, label: &str, rows: &[Vec<i64>], pads: &[usize], prompt_len: usize) {
-        let (fd, wd) = (Default::default(), WgpuDevice::default());
         let [b, t] = [rows.len(), rows[0].len()];
         let config = &self.flex.config;
-        let mut fc = KvCache::<Flex>::new(config, b, t, &fd);
-        let mut wc = KvCache::<Wgpu>::new(config, b, t, &wd);
-        let mask_rows: Vec<Vec<i64>> = pads
-            .iter()
-            .map(|&p| (0..t).map(|i| (i >= p) as i64).collect())
-            .collect();
+        let mut fc = KvCache::<Flex>::new(config, b, t, &Default::default());
+        let mut wc = KvCache::<Wgpu>::new(config, b, t, &WgpuDevice::default());
         let padded = pads.iter().any(|&p| p > 0);
+        let full_mask = pad_mask(pads, t);
         let mut start = 0;
         for end in std::iter::once(prompt_len).chain(prompt_len + 1..=t) {
             let chunk: Vec<Vec<i64>> = rows.iter().map(|r| r[start..end].to_vec()).collect();
-            let mask: Vec<Vec<i64>> = mask_rows.iter().map(|m| m[..end].to_vec()).collect();
-            let fl = self.flex.forward(
-                ids::<Flex>(&chunk, &fd),
-                padded.then(|| ids::<Flex>(&mask, &fd)),
-                Some(&mut fc),
-            );
-            let wg = self.wgpu.forward(
-                ids::<Wgpu>(&chunk, &wd),
-                padded.then(|| ids::<Wgpu>(&mask, &wd)),
-                Some(&mut wc),
+            let mask: Vec<Vec<i64>> = full_mask.iter().map(|m| m[..end].to_vec()).collect();
+            let (fl, wg) = self.logits(
+                &chunk,
+                padded.then_some(&mask[..]),
+                Some((&mut fc, &mut wc)),
             );
             self.compare(
                 format!("{label} cached b{b} positions {start}..{end}"),
@@ -179,6 +179,13 @@ impl Run<'_> {
             start = end;
         }
     }
+}
+
+/// HF's attention mask for rows of `t` positions left padded by `pads`: 0 on pads, then 1.
+fn pad_mask(pads: &[usize], t: usize) -> Vec<Vec<i64>> {
+    pads.iter()
+        .map(|&p| (0..t).map(|i| (i >= p) as i64).collect())
+        .collect()
 }
 
 #[test]
