@@ -2,9 +2,11 @@
 
 mod bench;
 mod commands;
+mod convert_cmd;
 mod data_cmd;
 mod progress;
 mod stop;
+mod tasks_cmd;
 mod train_cmd;
 
 use anyhow::Result;
@@ -39,12 +41,19 @@ enum Command {
     Generate(commands::GenerateArgs),
     /// Perplexity of a checkpoint on a text file or prepared token shards.
     Eval(commands::EvalArgs),
+    /// Import a metaseq checkpoint (.pt parts) into an HF-layout directory.
+    Convert(convert_cmd::ConvertArgs),
     /// Train a tokenizer.
     #[command(subcommand)]
     Tokenizer(data_cmd::TokenizerCommand),
     /// Prepare corpora into token shards.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Zero/few-shot benchmark data: list, fetch, convert.
+    #[command(subcommand)]
+    Tasks(tasks_cmd::TasksCommand),
+    /// Zero/few-shot accuracy on benchmark tasks, scored as lm-evaluation-harness scores them.
+    EvalTasks(tasks_cmd::EvalTasksArgs),
     /// Measure training, generation or data-preparation throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,6 +68,9 @@ fn main() -> Result<()> {
         Command::Generate(args) => commands::generate(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Eval(args) => commands::eval(args),
+        Command::Convert(args) => convert_cmd::run(args),
+        Command::Tasks(command) => tasks_cmd::tasks(command),
+        Command::EvalTasks(args) => tasks_cmd::eval_tasks(args),
         Command::Bench(command) => bench::run(command),
         Command::Tokenizer(command) => data_cmd::tokenizer(command),
         Command::Data(command) => data_cmd::data(command),

@@ -8,6 +8,7 @@ pub mod packing;
 pub mod prepare;
 pub mod shard;
 pub mod stream;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use corpus::{read_corpus, Corpus, CorpusError, CorpusOptions, Document, TextSplit};

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::sequence::Sequence;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
 /// Errors loading or using a tokenizer.
@@ -56,6 +59,10 @@ impl OptTokenizer {
             let mut tokenizer = Self::from_tokenizer_json(&json)?;
             // A tokenizer.json decides BOS through its post-processor unless a config says otherwise.
             tokenizer.add_bos = config.is_file() && read_add_bos(&config);
+            if tokenizer.add_bos {
+                // `encode` prepends `</s>` itself: drop the template `save` added for HF readers.
+                tokenizer.inner = without_bos_template(tokenizer.inner);
+            }
             return Ok(tokenizer);
         }
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
@@ -161,10 +168,12 @@ impl OptTokenizer {
     }
 
     /// Write `tokenizer.json` and a `tokenizer_config.json` with OPT's special tokens to `dir`.
+    /// With `add_bos`, the file's post-processor prepends `</s>` (a `</s> $A` template after any
+    /// post-processor it had), so that HF's `AutoTokenizer` gives the ids `encode` gives.
     pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
         let io = |e: &dyn std::fmt::Display| load_err(dir, e);
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
-        let json = self.inner.to_string(false).map_err(|e| io(&e))?;
+        let json = self.exported().to_string(false).map_err(|e| io(&e))?;
         crate::fsutil::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())
             .map_err(|e| io(&e))?;
         let config = serde_json::json!({"add_bos_token": self.add_bos, "bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"});
@@ -191,6 +200,49 @@ impl OptTokenizer {
     pub fn adds_bos(&self) -> bool {
         self.add_bos
     }
+}
+
+impl OptTokenizer {
+    /// The tokenizer as `save` writes it.
+    fn exported(&self) -> Tokenizer {
+        let mut tokenizer = self.inner.clone();
+        if self.add_bos {
+            let processor = match tokenizer.get_post_processor().cloned() {
+                None => bos_template(),
+                Some(existing) => Sequence::new(vec![existing, bos_template()]).into(),
+            };
+            tokenizer.with_post_processor(Some(processor));
+        }
+        tokenizer
+    }
+}
+
+/// OPT's `</s>` BOS as a post-processor (HF's slow OPT tokenizer: `</s> A`, `</s> A </s> B`).
+fn bos_template() -> PostProcessorWrapper {
+    TemplateProcessing::builder()
+        .try_single("</s> $A")
+        .and_then(|b| b.try_pair("</s> $A </s> $B"))
+        .expect("a valid template")
+        .special_tokens(vec![("</s>", special::EOS)])
+        .build()
+        .expect("a valid template")
+        .into()
+}
+
+/// Undo [`OptTokenizer::exported`]: the post-processor the tokenizer had before `save`.
+fn without_bos_template(mut tokenizer: Tokenizer) -> Tokenizer {
+    let template = bos_template();
+    let original = match tokenizer.get_post_processor() {
+        Some(p) if *p == template => None,
+        Some(PostProcessorWrapper::Sequence(seq))
+            if seq.as_ref().len() == 2 && seq.as_ref()[1] == template =>
+        {
+            Some(seq.as_ref()[0].clone())
+        }
+        _ => return tokenizer,
+    };
+    tokenizer.with_post_processor(original);
+    tokenizer
 }
 
 /// Train a byte-level BPE on `texts` with OPT's special tokens at ids 0..3, and write

@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod layer;
 pub mod loss;
+pub mod metaseq;
 pub mod model;
 
 pub use cache::KvCache;

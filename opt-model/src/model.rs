@@ -81,9 +81,26 @@ impl<B: Backend> Opt<B> {
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Option<Tensor<B, 2, Int>>,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
         keep_hidden: bool,
     ) -> OptOutput<B> {
+        let (h, hidden_states) = self.decode(input_ids, attention_mask, cache, keep_hidden);
+        OptOutput {
+            logits: self.lm_head(h.clone()),
+            last_hidden_state: h,
+            hidden_states,
+        }
+    }
+
+    /// The decoder without the LM head: its input [b, t, word_embed_proj_dim], and when asked
+    /// the input of layer 0 and the output of each layer.
+    pub fn decode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        mut cache: Option<&mut KvCache<B>>,
+        keep_hidden: bool,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
         let device = input_ids.device();
         let [b, t] = input_ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -114,11 +131,7 @@ impl<B: Backend> Opt<B> {
         if let Some(project_out) = &self.project_out {
             h = project_out.forward(h);
         }
-        OptOutput {
-            logits: self.lm_head(h.clone()),
-            last_hidden_state: h,
-            hidden_states,
-        }
+        (h, hidden_states)
     }
 
     /// The LM head, tied to the token embedding: logits = h @ embed_tokens^T.

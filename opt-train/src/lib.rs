@@ -6,6 +6,7 @@ pub mod optim;
 pub mod precision;
 pub mod prepare;
 pub mod schedule;
+pub mod tasks;
 pub mod train;
 
 pub use eval::{perplexity, EvalError, EvalReport};

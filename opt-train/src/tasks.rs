@@ -1,0 +1,351 @@
+//! Zero- and few-shot task evaluation with lm-evaluation-harness's scoring.
+//!
+//! A request's score is the sum of the continuation's log-probabilities (log-softmax over all the
+//! model's logits, float32) and whether greedy decoding would produce it; a document's `acc` is
+//! whether its gold choice scores highest, `acc_norm` the same after dividing each score by the
+//! choice's length in characters; a task reports their means and standard errors.
+//!
+//! Requests are batched longest first and right-padded, which needs no attention mask: in a
+//! causal model a real token never sees the pads after it. The LM head runs only at the
+//! positions that predict a continuation token.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use opt_data::tasks::{plan, ModelInput, PlanOptions, PlannedItem, TaskDef, TaskError, TaskItem};
+use opt_data::OptTokenizer;
+use opt_model::Opt;
+use serde::Serialize;
+
+/// Errors of a task evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskEvalError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("the model's vocabulary ({model}) is smaller than the tokenizer's ({tokenizer}); was the model trained with another tokenizer?")]
+    Vocab { model: usize, tokenizer: usize },
+}
+
+/// A request's score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    /// Sum of the continuation tokens' log-probabilities.
+    pub loglikelihood: f64,
+    /// Whether every continuation token is the argmax of its position's logits.
+    pub is_greedy: bool,
+}
+
+/// A document's result (one line of `--log-samples`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemResult {
+    pub doc_id: usize,
+    pub fewshot: Vec<usize>,
+    pub gold: usize,
+    pub requests: Vec<RequestResult>,
+    pub pred: usize,
+    pub acc: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pred_norm: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+}
+
+/// A request and its score, as lm-eval logs them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestResult {
+    pub context: String,
+    pub continuation: String,
+    pub truncated_tokens: usize,
+    pub loglikelihood: f64,
+    pub is_greedy: bool,
+}
+
+/// A task's aggregate result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub task: String,
+    pub shots: usize,
+    pub items: usize,
+    pub requests: usize,
+    pub truncated_requests: usize,
+    pub acc: f64,
+    pub acc_stderr: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc_norm_stderr: Option<f64>,
+    pub seconds: f64,
+    pub items_per_second: f64,
+}
+
+/// How to run a task.
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    /// Few-shot examples per document.
+    pub shots: usize,
+    /// Evaluate only the first N documents (the pool for few-shot draws stays the whole split).
+    pub limit: Option<usize>,
+    /// Requests per forward pass.
+    pub batch: usize,
+    /// The few-shot sampler's seed.
+    pub seed: u64,
+}
+
+/// Evaluate `model` on a task whose documents are `items` (the whole split, in order).
+pub fn evaluate_task<B: Backend>(
+    model: &Opt<B>,
+    tokenizer: &OptTokenizer,
+    task: &str,
+    acc_norm: bool,
+    items: &[TaskItem],
+    options: &TaskOptions,
+    device: &B::Device,
+) -> Result<(TaskReport, Vec<ItemResult>), TaskEvalError> {
+    check_vocab(model, tokenizer)?;
+    let start = Instant::now();
+    let evaluated = &items[..options.limit.unwrap_or(items.len()).min(items.len())];
+    let plan_options = PlanOptions {
+        shots: options.shots,
+        seed: options.seed,
+        max_length: model.config.max_position_embeddings,
+    };
+    let planned = plan(
+        task,
+        evaluated,
+        items.len(),
+        |i| items.get(i),
+        tokenizer,
+        &plan_options,
+    )?;
+    let scores = score_planned(model, &planned, options.batch, device);
+    let results = item_results(&planned, &scores, acc_norm);
+    let report = aggregate(task, options.shots, &results, start.elapsed().as_secs_f64());
+    Ok((report, results))
+}
+
+/// A built-in task's `acc_norm` setting, or true for a task file of ours.
+pub fn reports_acc_norm(task: Option<&TaskDef>) -> bool {
+    task.is_none_or(|t| t.acc_norm)
+}
+
+fn check_vocab<B: Backend>(model: &Opt<B>, tokenizer: &OptTokenizer) -> Result<(), TaskEvalError> {
+    let (model, tokenizer) = (model.config.vocab_size, tokenizer.vocab_size());
+    if model < tokenizer {
+        return Err(TaskEvalError::Vocab { model, tokenizer });
+    }
+    Ok(())
+}
+
+/// Scores of every planned request, grouped back per document.
+pub fn score_planned<B: Backend>(
+    model: &Opt<B>,
+    planned: &[PlannedItem],
+    batch: usize,
+    device: &B::Device,
+) -> Vec<Vec<Score>> {
+    let inputs: Vec<&ModelInput> = planned.iter().flat_map(|p| &p.inputs).collect();
+    let mut flat = score_requests(model, &inputs, batch, device).into_iter();
+    planned
+        .iter()
+        .map(|p| flat.by_ref().take(p.inputs.len()).collect())
+        .collect()
+}
+
+/// Score requests `batch` at a time, longest first; results in input order.
+pub fn score_requests<B: Backend>(
+    model: &Opt<B>,
+    inputs: &[&ModelInput],
+    batch: usize,
+    device: &B::Device,
+) -> Vec<Score> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].tokens.len()));
+    let mut scores = vec![
+        Score {
+            loglikelihood: 0.0,
+            is_greedy: false
+        };
+        inputs.len()
+    ];
+    for chunk in order.chunks(batch.max(1)) {
+        let rows: Vec<&ModelInput> = chunk.iter().map(|&i| inputs[i]).collect();
+        for (&i, score) in chunk.iter().zip(score_batch(model, &rows, device)) {
+            scores[i] = score;
+        }
+    }
+    scores
+}
+
+/// One forward pass over right-padded rows; the LM head and log-softmax only where a
+/// continuation token is predicted.
+fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Device) -> Vec<Score> {
+    let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
+    let pad = model.config.pad_token_id as i64;
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| {
+            let real = r.tokens.iter().map(|&id| id as i64);
+            real.chain(std::iter::repeat_n(pad, t - r.tokens.len()))
+        })
+        .collect();
+    // Position tokens.len() - n + j predicts continuation[j].
+    let (mut at, mut targets) = (Vec::new(), Vec::new());
+    for (b, r) in rows.iter().enumerate() {
+        let first = r.tokens.len() - r.continuation.len();
+        at.extend((0..r.continuation.len()).map(|j| (b * t + first + j) as i64));
+        targets.extend(r.continuation.iter().map(|&id| id as i64));
+    }
+    let n = at.len();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), t]), device);
+    let hidden = model.decode(ids, None, None, false).0;
+    let e = hidden.dims()[2];
+    let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
+    let picked = hidden.reshape([rows.len() * t, e]).select(0, at);
+    let logits = model
+        .lm_head(picked.unsqueeze_dim::<3>(0))
+        .squeeze_dim::<2>(0);
+    let greedy = logits.clone().argmax(1);
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.clone(), [n, 1]), device);
+    let logprobs = log_softmax(logits, 1).gather(1, targets);
+    let logprobs: Vec<f32> = logprobs
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    let greedy: Vec<i64> = greedy
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .expect("i64 data");
+    let mut offset = 0;
+    rows.iter()
+        .map(|r| {
+            let span = offset..offset + r.continuation.len();
+            offset = span.end;
+            Score {
+                // Summed in float32, as torch sums lm-eval's float32 log-probs.
+                loglikelihood: logprobs[span.clone()].iter().sum::<f32>() as f64,
+                is_greedy: span
+                    .clone()
+                    .zip(&r.continuation)
+                    .all(|(k, &c)| greedy[k] == c as i64),
+            }
+        })
+        .collect()
+}
+
+/// Each document's metrics from its requests' scores.
+pub fn item_results(
+    planned: &[PlannedItem],
+    scores: &[Vec<Score>],
+    acc_norm: bool,
+) -> Vec<ItemResult> {
+    planned
+        .iter()
+        .zip(scores)
+        .map(|(p, s)| item_result(p, s, acc_norm))
+        .collect()
+}
+
+fn item_result(planned: &PlannedItem, scores: &[Score], acc_norm: bool) -> ItemResult {
+    let item = &planned.item;
+    let ll: Vec<f64> = scores.iter().map(|s| s.loglikelihood).collect();
+    let pred = first_argmax(&ll);
+    let pred_norm = acc_norm.then(|| {
+        let normed: Vec<f64> = ll
+            .iter()
+            .zip(&item.choices)
+            .map(|(l, c)| l / c.chars().count() as f64)
+            .collect();
+        first_argmax(&normed)
+    });
+    let requests = planned
+        .requests
+        .iter()
+        .zip(&planned.inputs)
+        .zip(scores)
+        .map(|((r, input), s)| RequestResult {
+            context: r.context.clone(),
+            continuation: r.continuation.clone(),
+            truncated_tokens: input.truncated,
+            loglikelihood: s.loglikelihood,
+            is_greedy: s.is_greedy,
+        })
+        .collect();
+    let hit = |p: usize| if p == item.gold { 1.0 } else { 0.0 };
+    ItemResult {
+        doc_id: item.doc_id,
+        fewshot: planned.fewshot.clone(),
+        gold: item.gold,
+        requests,
+        pred,
+        acc: hit(pred),
+        pred_norm,
+        acc_norm: pred_norm.map(hit),
+    }
+}
+
+/// numpy's argmax: the first index of the largest value.
+pub fn first_argmax(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Means and lm-eval's standard errors (sample standard deviation / sqrt(n)).
+pub fn aggregate(task: &str, shots: usize, results: &[ItemResult], seconds: f64) -> TaskReport {
+    let acc: Vec<f64> = results.iter().map(|r| r.acc).collect();
+    let norm: Option<Vec<f64>> = results.iter().map(|r| r.acc_norm).collect();
+    let norm = norm.filter(|v| !v.is_empty());
+    let requests = results.iter().map(|r| r.requests.len()).sum();
+    let truncated = results
+        .iter()
+        .flat_map(|r| &r.requests)
+        .filter(|r| r.truncated_tokens > 0)
+        .count();
+    TaskReport {
+        task: task.into(),
+        shots,
+        items: results.len(),
+        requests,
+        truncated_requests: truncated,
+        acc: mean(&acc),
+        acc_stderr: mean_stderr(&acc),
+        acc_norm: norm.as_deref().map(mean),
+        acc_norm_stderr: norm.as_deref().map(mean_stderr),
+        seconds,
+        items_per_second: results.len() as f64 / seconds.max(1e-9),
+    }
+}
+
+/// The arithmetic mean.
+pub fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// lm-eval's `mean_stderr`: sqrt(sum((x - mean)^2) / (n - 1)) / sqrt(n).
+pub fn mean_stderr(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mu = mean(values);
+    let var = values.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1.0);
+    (var / n).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_and_argmax_like_lm_eval() {
+        // Hand-derived: [1, 0, 0, 1]: mean 0.5, sample variance 1/3, stderr sqrt(1/12).
+        let v = [1.0, 0.0, 0.0, 1.0];
+        assert_eq!(mean(&v), 0.5);
+        assert!((mean_stderr(&v) - (1.0f64 / 12.0).sqrt()).abs() < 1e-15);
+        assert_eq!(first_argmax(&[-3.0, -1.0, -1.0]), 1);
+    }
+}
