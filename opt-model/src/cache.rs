@@ -52,6 +52,15 @@ impl<B: Backend> LayerCache<B> {
         self.len
     }
 
+    /// The cache of batch rows `rows` (a row may repeat: one context, several continuations).
+    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
+        Self {
+            k: self.k.clone().select(0, rows.clone()),
+            v: self.v.clone().select(0, rows),
+            len: self.len,
+        }
+    }
+
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -87,6 +96,17 @@ impl<B: Backend> KvCache<B> {
     /// Number of cached positions.
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, LayerCache::len)
+    }
+
+    /// Every layer's cache of batch rows `rows`.
+    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.select_rows(rows.clone()))
+                .collect(),
+        }
     }
 
     /// Whether nothing is cached yet.

@@ -57,6 +57,8 @@ pub struct RequestResult {
     pub context: String,
     pub continuation: String,
     pub truncated_tokens: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cut_continuation_tokens: usize,
     pub loglikelihood: f64,
     pub is_greedy: bool,
 }
@@ -69,6 +71,9 @@ pub struct TaskReport {
     pub items: usize,
     pub requests: usize,
     pub truncated_requests: usize,
+    /// Requests whose continuation alone exceeded the context (lm-eval refuses them; only their
+    /// last `max_position_embeddings` tokens were scored).
+    pub cut_continuations: usize,
     pub acc: f64,
     pub acc_stderr: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +95,8 @@ pub struct TaskOptions {
     pub batch: usize,
     /// The few-shot sampler's seed.
     pub seed: u64,
+    /// Run a context shared by all choices once, the choices from the KV cache.
+    pub share_prefix: bool,
 }
 
 /// Evaluate `model` on a task whose documents are `items` (the whole split, in order).
@@ -118,7 +125,7 @@ pub fn evaluate_task<B: Backend>(
         tokenizer,
         &plan_options,
     )?;
-    let scores = score_planned(model, &planned, options.batch, device);
+    let scores = score_planned(model, &planned, options.batch, options.share_prefix, device);
     let results = item_results(&planned, &scores, acc_norm);
     let report = aggregate(task, options.shots, &results, start.elapsed().as_secs_f64());
     Ok((report, results))
@@ -137,16 +144,153 @@ fn check_vocab<B: Backend>(model: &Opt<B>, tokenizer: &OptTokenizer) -> Result<(
     Ok(())
 }
 
-/// Scores of every planned request, grouped back per document.
+/// Scores of every planned request, grouped back per document. With `share_prefix`, a document
+/// whose choices all follow one untruncated context runs that context once and its choices from
+/// the KV cache; the others (WinoGrande's per-choice contexts, truncated requests) are batched
+/// whole.
 pub fn score_planned<B: Backend>(
     model: &Opt<B>,
     planned: &[PlannedItem],
     batch: usize,
+    share_prefix: bool,
     device: &B::Device,
 ) -> Vec<Vec<Score>> {
-    let inputs: Vec<&ModelInput> = planned.iter().flat_map(|p| &p.inputs).collect();
+    let (shared, whole): (Vec<usize>, Vec<usize>) =
+        (0..planned.len()).partition(|&i| share_prefix && shares_context(&planned[i]));
+    let mut scores = vec![Vec::new(); planned.len()];
+    let inputs: Vec<&ModelInput> = whole.iter().flat_map(|&i| &planned[i].inputs).collect();
     let mut flat = score_requests(model, &inputs, batch, device).into_iter();
-    planned
+    for &i in &whole {
+        scores[i] = flat.by_ref().take(planned[i].inputs.len()).collect();
+    }
+    for group in row_groups(&shared, planned, batch) {
+        let items: Vec<&PlannedItem> = group.iter().map(|&i| &planned[i]).collect();
+        for (&i, s) in group.iter().zip(score_shared(model, &items, device)) {
+            scores[i] = s;
+        }
+    }
+    scores
+}
+
+/// Whether every request of a document feeds the same untruncated context before its
+/// continuation.
+fn shares_context(p: &PlannedItem) -> bool {
+    let first = &p.encoded[0].context_ids;
+    p.inputs.len() > 1
+        && p.encoded.iter().all(|e| &e.context_ids == first)
+        && p.inputs
+            .iter()
+            .all(|i| i.truncated == 0 && i.cut_continuation == 0)
+}
+
+/// Consecutive documents whose requests add up to about `batch` rows.
+fn row_groups(items: &[usize], planned: &[PlannedItem], batch: usize) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut rows = 0;
+    for &i in items {
+        if groups.is_empty() || rows >= batch.max(1) {
+            groups.push(Vec::new());
+            rows = 0;
+        }
+        groups.last_mut().expect("a group").push(i);
+        rows += planned[i].inputs.len();
+    }
+    groups
+}
+
+/// Documents that share their context across choices: the contexts left-padded in one pass that
+/// fills the KV cache, then every choice (all but its last token) after its document's cached
+/// context. A choice's first token is predicted by the context's last position (the last column,
+/// thanks to the left padding), the others by the choice pass.
+fn score_shared<B: Backend>(
+    model: &Opt<B>,
+    items: &[&PlannedItem],
+    device: &B::Device,
+) -> Vec<Vec<Score>> {
+    let pad = model.config.pad_token_id as i64;
+    let (b, n) = (
+        items.len(),
+        items.iter().map(|p| p.inputs.len()).max().unwrap_or(1),
+    );
+    let contexts: Vec<&[u32]> = items
+        .iter()
+        .map(|p| &p.encoded[0].context_ids[..])
+        .collect();
+    let c = contexts.iter().map(|x| x.len()).max().unwrap_or(1);
+    let l = items
+        .iter()
+        .flat_map(|p| &p.inputs)
+        .map(|i| i.continuation.len() - 1)
+        .max()
+        .unwrap_or(0);
+    // Left-padded contexts and their mask.
+    let (mut ids, mut mask) = (Vec::with_capacity(b * c), Vec::with_capacity(b * c));
+    for ctx in &contexts {
+        let gap = c - ctx.len();
+        ids.extend(std::iter::repeat_n(pad, gap).chain(ctx.iter().map(|&t| t as i64)));
+        mask.extend(std::iter::repeat_n(0i64, gap).chain(std::iter::repeat_n(1, ctx.len())));
+    }
+    let int2 = |v: Vec<i64>, shape: [usize; 2]| {
+        Tensor::<B, 2, Int>::from_data(TensorData::new(v, shape), device)
+    };
+    let mut cache = opt_model::KvCache::new(&model.config, b, c + l, device);
+    let prefix_mask = int2(mask.clone(), [b, c]);
+    let (h, _) = model.decode(
+        int2(ids, [b, c]),
+        Some(prefix_mask),
+        Some(&mut cache),
+        false,
+    );
+    let e = h.dims()[2];
+    let mut hidden = vec![h.slice([0..b, c - 1..c]).reshape([b, e])];
+    if l > 0 {
+        // Row i * n + k: choice k of document i (missing choices are all pads).
+        let rows: Vec<i64> = (0..b * n).map(|r| (r / n) as i64).collect();
+        let mut cache =
+            cache.select_rows(Tensor::from_data(TensorData::new(rows, [b * n]), device));
+        let (mut ids, mut full) = (Vec::with_capacity(b * n * l), Vec::new());
+        for (i, p) in items.iter().enumerate() {
+            for k in 0..n {
+                let fed = p
+                    .inputs
+                    .get(k)
+                    .map_or(&[][..], |x| &x.continuation[..x.continuation.len() - 1]);
+                ids.extend(
+                    fed.iter()
+                        .map(|&t| t as i64)
+                        .chain(std::iter::repeat_n(pad, l - fed.len())),
+                );
+                full.extend_from_slice(&mask[i * c..(i + 1) * c]);
+                full.extend(
+                    std::iter::repeat_n(1i64, fed.len())
+                        .chain(std::iter::repeat_n(0, l - fed.len())),
+                );
+            }
+        }
+        let full = int2(full, [b * n, c + l]);
+        let (hc, _) = model.decode(int2(ids, [b * n, l]), Some(full), Some(&mut cache), false);
+        hidden.push(hc.reshape([b * n * l, e]));
+    }
+    // Row of `hidden` that predicts token j of choice k of document i.
+    let (mut at, mut targets, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, p) in items.iter().enumerate() {
+        for (k, input) in p.inputs.iter().enumerate() {
+            for (j, &t) in input.continuation.iter().enumerate() {
+                at.push(
+                    (if j == 0 {
+                        i
+                    } else {
+                        b + (i * n + k) * l + j - 1
+                    }) as i64,
+                );
+                targets.push(t);
+            }
+            lens.push(input.continuation.len());
+        }
+    }
+    let mut flat =
+        score_positions(model, Tensor::cat(hidden, 0), at, &targets, &lens, device).into_iter();
+    items
         .iter()
         .map(|p| flat.by_ref().take(p.inputs.len()).collect())
         .collect()
@@ -177,8 +321,8 @@ pub fn score_requests<B: Backend>(
     scores
 }
 
-/// One forward pass over right-padded rows; the LM head and log-softmax only where a
-/// continuation token is predicted.
+/// One forward pass over right-padded rows (no mask needed: in a causal model a real token never
+/// sees the pads after it).
 fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Device) -> Vec<Score> {
     let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
     let pad = model.config.pad_token_id as i64;
@@ -190,24 +334,40 @@ fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Dev
         })
         .collect();
     // Position tokens.len() - n + j predicts continuation[j].
-    let (mut at, mut targets) = (Vec::new(), Vec::new());
+    let (mut at, mut targets, mut lens) = (Vec::new(), Vec::new(), Vec::new());
     for (b, r) in rows.iter().enumerate() {
         let first = r.tokens.len() - r.continuation.len();
         at.extend((0..r.continuation.len()).map(|j| (b * t + first + j) as i64));
-        targets.extend(r.continuation.iter().map(|&id| id as i64));
+        targets.extend(&r.continuation);
+        lens.push(r.continuation.len());
     }
-    let n = at.len();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), t]), device);
     let hidden = model.decode(ids, None, None, false).0;
     let e = hidden.dims()[2];
+    let hidden = hidden.reshape([rows.len() * t, e]);
+    score_positions(model, hidden, at, &targets, &lens, device)
+}
+
+/// The LM head and log-softmax only at the rows `at` of `hidden` [rows, e], which predict
+/// `targets`; consecutive runs of `lens` targets make one request's score each.
+fn score_positions<B: Backend>(
+    model: &Opt<B>,
+    hidden: Tensor<B, 2>,
+    at: Vec<i64>,
+    targets: &[u32],
+    lens: &[usize],
+    device: &B::Device,
+) -> Vec<Score> {
+    let n = at.len();
     let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
-    let picked = hidden.reshape([rows.len() * t, e]).select(0, at);
+    let picked = hidden.select(0, at);
     let logits = model
         .lm_head(picked.unsqueeze_dim::<3>(0))
         .squeeze_dim::<2>(0);
     let greedy = logits.clone().argmax(1);
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.clone(), [n, 1]), device);
-    let logprobs = log_softmax(logits, 1).gather(1, targets);
+    let ids: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), device);
+    let logprobs = log_softmax(logits, 1).gather(1, ids);
     let logprobs: Vec<f32> = logprobs
         .into_data()
         .convert::<f32>()
@@ -219,17 +379,14 @@ fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Dev
         .to_vec()
         .expect("i64 data");
     let mut offset = 0;
-    rows.iter()
-        .map(|r| {
-            let span = offset..offset + r.continuation.len();
+    lens.iter()
+        .map(|&len| {
+            let span = offset..offset + len;
             offset = span.end;
             Score {
                 // Summed in float32, as torch sums lm-eval's float32 log-probs.
                 loglikelihood: logprobs[span.clone()].iter().sum::<f32>() as f64,
-                is_greedy: span
-                    .clone()
-                    .zip(&r.continuation)
-                    .all(|(k, &c)| greedy[k] == c as i64),
+                is_greedy: span.clone().all(|k| greedy[k] == targets[k] as i64),
             }
         })
         .collect()
@@ -269,6 +426,7 @@ fn item_result(planned: &PlannedItem, scores: &[Score], acc_norm: bool) -> ItemR
             context: r.context.clone(),
             continuation: r.continuation.clone(),
             truncated_tokens: input.truncated,
+            cut_continuation_tokens: input.cut_continuation,
             loglikelihood: s.loglikelihood,
             is_greedy: s.is_greedy,
         })
@@ -308,12 +466,18 @@ pub fn aggregate(task: &str, shots: usize, results: &[ItemResult], seconds: f64)
         .flat_map(|r| &r.requests)
         .filter(|r| r.truncated_tokens > 0)
         .count();
+    let cut = results
+        .iter()
+        .flat_map(|r| &r.requests)
+        .filter(|r| r.cut_continuation_tokens > 0)
+        .count();
     TaskReport {
         task: task.into(),
         shots,
         items: results.len(),
         requests,
         truncated_requests: truncated,
+        cut_continuations: cut,
         acc: mean(&acc),
         acc_stderr: mean_stderr(&acc),
         acc_norm: norm.as_deref().map(mean),
@@ -321,6 +485,10 @@ pub fn aggregate(task: &str, shots: usize, results: &[ItemResult], seconds: f64)
         seconds,
         items_per_second: results.len() as f64 / seconds.max(1e-9),
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The arithmetic mean.

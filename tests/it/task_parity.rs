@@ -123,17 +123,21 @@ fn check_fixture<B: Backend>(file: &Path, device: &B::Device) {
         check_plan(p, fi, &name);
     }
 
-    let scores = score_planned(&model, &planned, 4, device);
-    let diffs = check_scores(&scores, fixture_items, &fx["tolerances"], &name);
-    let results = item_results(&planned, &scores, def.acc_norm);
-    check_metrics(&results, &scores, fixture_items, &fx, &name);
-    println!(
-        "{name}: {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
-        items.len(),
-        scores.iter().map(Vec::len).sum::<usize>(),
-        diffs.ll_abs,
-        diffs.ll_over_tol
-    );
+    // Both scoring paths: every request whole, and shared contexts through the KV cache.
+    let mut results = Vec::new();
+    for share_prefix in [false, true] {
+        let scores = score_planned(&model, &planned, 4, share_prefix, device);
+        let diffs = check_scores(&scores, fixture_items, &fx["tolerances"], &name);
+        results = item_results(&planned, &scores, def.acc_norm);
+        check_metrics(&results, &scores, fixture_items, &fx, &name);
+        println!(
+            "{name} (shared prefix: {share_prefix}): {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
+            items.len(),
+            scores.iter().map(Vec::len).sum::<usize>(),
+            diffs.ll_abs,
+            diffs.ll_over_tol
+        );
+    }
     if shots == 0 && items.len() == pool_len.min(items.len()) {
         end_to_end(&model, &tokenizer, def, &items, &results, device, &name);
     }
@@ -243,6 +247,10 @@ fn check_plan(p: &PlannedItem, fi: &Value, name: &str) {
             p.inputs[k].truncated,
             usize_of(&want["truncated_tokens"]),
             "{at}"
+        );
+        assert_eq!(
+            p.inputs[k].cut_continuation, 0,
+            "{at}: lm-eval never cuts a continuation"
         );
     }
 }
@@ -362,6 +370,7 @@ fn end_to_end<B: Backend>(
         limit: Some(5),
         batch: 3,
         seed: FEWSHOT_SEED,
+        share_prefix: true,
     };
     let (report, results) = evaluate_task(
         model,

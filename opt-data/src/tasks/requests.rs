@@ -82,31 +82,31 @@ pub fn encode_request(tokenizer: &OptTokenizer, request: &Request) -> Result<Enc
 pub struct ModelInput {
     /// Tokens fed, positions from 0.
     pub tokens: Vec<u32>,
-    /// The continuation: predicted by the last `continuation.len()` positions of `tokens`.
+    /// The scored continuation: predicted by the last `continuation.len()` positions of `tokens`.
     pub continuation: Vec<u32>,
     /// Tokens cut from the left.
     pub truncated: usize,
+    /// Continuation tokens cut from the left (the continuation alone exceeded the context).
+    pub cut_continuation: usize,
 }
 
 /// lm-eval's truncation: keep the last `max_length + 1` tokens of context + continuation and
-/// feed all but the last; the continuation itself must fit.
+/// feed all but the last. lm-eval refuses a continuation longer than `max_length`; here only its
+/// last `max_length` tokens (those with a predicting position) are scored, and
+/// `cut_continuation` says so.
 pub fn model_input(encoded: &Encoded, max_length: usize) -> Result<ModelInput, String> {
     let cont = &encoded.continuation_ids;
     if cont.is_empty() {
         return Err("the continuation encodes to no tokens".into());
     }
-    if cont.len() > max_length {
-        return Err(format!(
-            "the continuation has {} tokens, more than the model's context of {max_length}",
-            cont.len()
-        ));
-    }
     let whole: Vec<u32> = encoded.context_ids.iter().chain(cont).copied().collect();
     let truncated = whole.len().saturating_sub(max_length + 1);
+    let scored = cont.len().min(max_length);
     Ok(ModelInput {
         tokens: whole[truncated..whole.len() - 1].to_vec(),
-        continuation: cont.clone(),
+        continuation: cont[cont.len() - scored..].to_vec(),
         truncated,
+        cut_continuation: cont.len() - scored,
     })
 }
 
@@ -127,6 +127,9 @@ mod tests {
         let fits = model_input(&enc, 8).unwrap();
         assert_eq!(fits.tokens, [2, 10, 11, 12, 13, 14, 20, 21]);
         assert_eq!(fits.truncated, 0);
-        assert!(model_input(&enc, 2).is_err());
+        // A continuation longer than the context: its last 2 tokens are scored, after [20, 21].
+        let cut = model_input(&enc, 2).unwrap();
+        assert_eq!((cut.tokens, cut.continuation), (vec![20, 21], vec![21, 22]));
+        assert_eq!((cut.truncated, cut.cut_continuation), (6, 1));
     }
 }
