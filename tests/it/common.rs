@@ -7,12 +7,17 @@ use std::path::{Path, PathBuf};
 use opt::backend::{self, BackendKind, BackendTask};
 use serde_json::Value;
 
+/// A fixture root: `$var`, else `default` relative to the workspace root.
+pub fn fixture_root(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default))
+}
+
 /// Every fixture folder (one holding `expected.json`) under `$OPT_HF_FIXTURES` whose `kind` matches.
 /// Panics when there is none: a parity test that checks nothing must not pass.
 pub fn fixture_dirs(kind: &str) -> Vec<PathBuf> {
-    let root = std::env::var_os("OPT_HF_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/hf-opt"));
+    let root = fixture_root("OPT_HF_FIXTURES", "../shared/fixtures/hf-opt");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| {
             panic!(

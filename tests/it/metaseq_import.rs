@@ -17,9 +17,7 @@ use serde_json::Value;
 
 /// The metaseq fixture set: `$OPT_METASEQ_FIXTURES`, default `../shared/fixtures/metaseq`.
 fn set_root() -> PathBuf {
-    std::env::var_os("OPT_METASEQ_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/metaseq"))
+    crate::common::fixture_root("OPT_METASEQ_FIXTURES", "../shared/fixtures/metaseq")
 }
 
 /// Every `metaseq_import` folder of the set. Panics when there is none.
@@ -476,9 +474,9 @@ fn metaseq_heads_override_must_agree_with_cfg() {
     let heads = ckpt.config.num_attention_heads;
     let same = metaseq::import(&paths, Some(heads)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(same.config, ckpt.config);
-    let err = metaseq::import(&paths, Some(heads * 2))
-        .err()
-        .expect("--heads disagreeing with cfg");
+    let Err(err) = metaseq::import(&paths, Some(heads * 2)) else {
+        panic!("--heads disagreeing with cfg was accepted");
+    };
     let message = err.to_string();
     assert!(
         matches!(err, MetaseqError::HeadsMismatch { .. }),

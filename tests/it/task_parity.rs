@@ -18,9 +18,7 @@ use serde_json::Value;
 
 /// The fixture root (`$OPT_TASK_FIXTURES`, default `../shared/fixtures/tasks`).
 fn root() -> PathBuf {
-    std::env::var_os("OPT_TASK_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tasks"))
+    crate::common::fixture_root("OPT_TASK_FIXTURES", "../shared/fixtures/tasks")
 }
 
 /// Every `*.json` directly in the root whose kind is lm-eval multiple choice; none is a failure.

@@ -16,7 +16,7 @@ impl PyRandom {
         let (lo, hi) = (seed as u32, (seed >> 32) as u32);
         let key: Vec<u32> = if hi == 0 { vec![lo] } else { vec![lo, hi] };
         Self {
-            mt: Mt::new_with_key(key.into_iter()),
+            mt: Mt::new_with_key(key),
         }
     }
 
