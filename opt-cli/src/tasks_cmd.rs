@@ -174,10 +174,10 @@ pub struct EvalTasksArgs {
     /// Prepend `</s>` to contexts (lm-eval leaves this to the tokenizer).
     #[arg(long, value_enum, default_value_t = BosArg::Auto)]
     pub bos: BosArg,
-    /// Score every request whole, instead of running a context shared by all choices once and the
-    /// choices from the KV cache.
+    /// Run a context shared by all choices once and the choices from the KV cache (fewer FLOPs
+    /// for long contexts; slower than whole requests on the small CPU models measured so far).
     #[arg(long)]
-    pub no_prefix_cache: bool,
+    pub prefix_cache: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -220,7 +220,7 @@ impl BackendTask for EvalTasks {
             limit: args.limit,
             batch: args.batch,
             seed: args.seed,
-            share_prefix: !args.no_prefix_cache,
+            share_prefix: args.prefix_cache,
         };
         let mut reports = Vec::new();
         let mut samples = Vec::new();
