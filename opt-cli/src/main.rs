@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod convert_cmd;
 mod data_cmd;
+mod plot_cmd;
 mod progress;
 mod stop;
 mod tasks_cmd;
@@ -49,6 +50,8 @@ enum Command {
     /// Prepare corpora into token shards.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Training curves of one or several runs (PNG or SVG).
+    Plot(plot_cmd::PlotArgs),
     /// Zero/few-shot benchmark data: list, fetch, convert.
     #[command(subcommand)]
     Tasks(tasks_cmd::TasksCommand),
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train_cmd::run(args),
         Command::Eval(args) => commands::eval(args),
         Command::Convert(args) => convert_cmd::run(args),
+        Command::Plot(args) => plot_cmd::plot(args),
         Command::Tasks(command) => tasks_cmd::tasks(command),
         Command::EvalTasks(args) => tasks_cmd::eval_tasks(args),
         Command::Bench(command) => bench::run(command),

@@ -192,6 +192,10 @@ impl BackendTask for Train {
         checkpoint::save_pretrained(&model, &export)?;
         tokenizer.save(&export)?;
         eprintln!("exported the model (HF layout) to {}", export.display());
+        match crate::plot_cmd::run_curves(&out) {
+            Ok(path) => eprintln!("curves: {}", path.display()),
+            Err(e) => eprintln!("warning: no curves.png: {e:#}"),
+        }
         print_sample(&model, &tokenizer, &args.sample_prompt)?;
         Ok(())
     }

@@ -292,6 +292,7 @@ fn prepare_train_eval_and_the_errors_around_them() {
     }
     ok(&with(&base, &["--out", p(&run)]));
     assert!(run.join("model/config.json").is_file() && run.join("model/tokenizer.json").is_file());
+    check_curves(&run, tmp.path());
     let v: serde_json::Value = serde_json::from_str(
         ok(&[
             "eval",
@@ -688,4 +689,40 @@ fn tasks_convert_and_eval_tasks_reproduce_lm_eval() {
     .unwrap();
     let e = fails(&["eval-tasks", "--model", p(&model), "--tasks", p(&file)]);
     assert!(e.contains("piqa.jsonl:1") && e.contains("gold"), "{e}");
+}
+
+/// `opt train` left a `curves.png`; `opt plot` draws PNG and SVG of named metrics and names what it
+/// cannot draw.
+fn check_curves(run: &Path, tmp: &Path) {
+    let png = std::fs::read(run.join("curves.png")).expect("opt train writes curves.png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+    let (width, height) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    // One 1000 x 280 panel per default metric the run logged (loss, lr, grad_norm; no validation).
+    assert_eq!((width, height), (1000, 3 * 280));
+    let svg = tmp.join("c.svg");
+    let out = ok(&[
+        "plot",
+        p(run),
+        p(run),
+        "--out",
+        p(&svg),
+        "--metric",
+        "loss,tokens_per_second",
+        "--x",
+        "tokens",
+    ]);
+    assert!(out.contains("loss, tokens_per_second"), "{out}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.contains("polyline") && text.contains("tokens_per_second")
+    );
+    let e = fails(&["plot", p(run), "--out", p(&svg), "--metric", "loss,nope"]);
+    assert!(e.contains("`nope`") && e.contains("metrics.jsonl"), "{e}");
+    let e = fails(&["plot", p(run), "--out", p(&tmp.join("c.jpg"))]);
+    assert!(e.contains("c.jpg") && e.contains(".png or .svg"), "{e}");
+    let e = fails(&["plot", p(&tmp.join("no-run"))]);
+    assert!(e.contains("no-run/metrics.jsonl"), "{e}");
 }
