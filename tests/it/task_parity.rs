@@ -216,38 +216,27 @@ fn check_plan(p: &PlannedItem, fi: &Value, name: &str) {
     assert_eq!(p.requests.len(), requests.len(), "{name}: doc {doc}");
     for (k, want) in requests.iter().enumerate() {
         let at = format!("{name}: doc {doc} request {k}");
+        let (r, e, input) = (&p.requests[k], &p.encoded[k], &p.inputs[k]);
+        let strings = [("context", &r.context), ("continuation", &r.continuation)];
+        for (field, ours) in strings {
+            assert_eq!(ours, want[field].as_str().unwrap(), "{at}: {field}");
+        }
+        let token_ids = [
+            ("context_token_ids", &e.context_ids),
+            ("continuation_token_ids", &e.continuation_ids),
+        ];
+        for (field, ours) in token_ids {
+            assert_eq!(*ours, ids(&want[field]), "{at}: {field}");
+        }
+        let counts = [
+            ("model_input_length", input.tokens.len()),
+            ("truncated_tokens", input.truncated),
+        ];
+        for (field, ours) in counts {
+            assert_eq!(ours, usize_of(&want[field]), "{at}: {field}");
+        }
         assert_eq!(
-            p.requests[k].context,
-            want["context"].as_str().unwrap(),
-            "{at}: context"
-        );
-        assert_eq!(
-            p.requests[k].continuation,
-            want["continuation"].as_str().unwrap(),
-            "{at}"
-        );
-        assert_eq!(
-            p.encoded[k].context_ids,
-            ids(&want["context_token_ids"]),
-            "{at}: context ids"
-        );
-        assert_eq!(
-            p.encoded[k].continuation_ids,
-            ids(&want["continuation_token_ids"]),
-            "{at}"
-        );
-        assert_eq!(
-            p.inputs[k].tokens.len(),
-            usize_of(&want["model_input_length"]),
-            "{at}"
-        );
-        assert_eq!(
-            p.inputs[k].truncated,
-            usize_of(&want["truncated_tokens"]),
-            "{at}"
-        );
-        assert_eq!(
-            p.inputs[k].cut_continuation, 0,
+            input.cut_continuation, 0,
             "{at}: lm-eval never cuts a continuation"
         );
     }
