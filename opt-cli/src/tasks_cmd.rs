@@ -71,7 +71,8 @@ pub fn tasks(command: TasksCommand) -> Result<()> {
         TasksCommand::List(args) => list(&args.dir()),
         TasksCommand::Fetch(args) => {
             let defs = resolve_builtins(&args.tasks)?;
-            for (def, (path, n)) in defs.iter().zip(fetch::fetch(&args.data.dir(), &defs)?) {
+            for (def, path) in defs.iter().zip(fetch::fetch(&args.data.dir(), &defs)?) {
+                let n = tasks::read_items(&path)?.len();
                 println!("{:<14} {n:>6} items  {}", def.name, path.display());
             }
             Ok(())
@@ -291,7 +292,7 @@ fn load_tasks(args: &EvalTasksArgs) -> Result<Vec<Loaded>> {
                 });
             }
             let def = tasks::task(name)?;
-            let (file, _) = fetch::fetch(&dir, &[def])?.remove(0);
+            let file = fetch::fetch(&dir, &[def])?.remove(0);
             Ok(Loaded {
                 name: def.name.into(),
                 acc_norm: reports_acc_norm(Some(def)),

@@ -76,12 +76,14 @@ pub fn data_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command, step: &'static str) -> Result<(), FetchError> {
-    let out = cmd.output().map_err(|e| failed(step, e))?;
+    run_command(cmd).map_err(|e| failed(step, e))
+}
+
+/// Run a fetch step (pip, tar, python); on failure, what it printed on stderr.
+pub(crate) fn run_command(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(FetchError::Failed {
-            step,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
     Ok(())
 }

@@ -184,6 +184,19 @@ impl OptTokenizer {
         .map_err(|e| io(&e))
     }
 
+    /// The tokenizer as `save` writes it.
+    fn exported(&self) -> Tokenizer {
+        let mut tokenizer = self.inner.clone();
+        if self.add_bos {
+            let processor = match tokenizer.get_post_processor().cloned() {
+                None => bos_template(),
+                Some(existing) => Sequence::new(vec![existing, bos_template()]).into(),
+            };
+            tokenizer.with_post_processor(Some(processor));
+        }
+        tokenizer
+    }
+
     /// A short content hash of the tokenizer (FNV-1a 64 of its `tokenizer.json` and BOS setting).
     pub fn fingerprint(&self) -> String {
         let json = self.inner.to_string(false).unwrap_or_default();
@@ -199,21 +212,6 @@ impl OptTokenizer {
     /// Whether `</s>` is prepended to encoded texts.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
-    }
-}
-
-impl OptTokenizer {
-    /// The tokenizer as `save` writes it.
-    fn exported(&self) -> Tokenizer {
-        let mut tokenizer = self.inner.clone();
-        if self.add_bos {
-            let processor = match tokenizer.get_post_processor().cloned() {
-                None => bos_template(),
-                Some(existing) => Sequence::new(vec![existing, bos_template()]).into(),
-            };
-            tokenizer.with_post_processor(Some(processor));
-        }
-        tokenizer
     }
 }
 

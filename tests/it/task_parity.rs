@@ -359,16 +359,18 @@ fn end_to_end<B: Backend>(
         seed: FEWSHOT_SEED,
         share_prefix: true,
     };
-    let (report, results) = evaluate_task(
-        model,
-        tokenizer,
-        def.name,
-        def.acc_norm,
-        items,
-        &options,
-        device,
-    )
-    .unwrap();
+    let run = |m: &opt::model::Opt<B>| {
+        evaluate_task(
+            m,
+            tokenizer,
+            def.name,
+            def.acc_norm,
+            items,
+            &options,
+            device,
+        )
+    };
+    let (report, results) = run(model).unwrap();
     assert_eq!(report.items, 5, "{name}");
     for (a, b) in results.iter().zip(checked) {
         assert_eq!(
@@ -385,15 +387,6 @@ fn end_to_end<B: Backend>(
     }
     let mut small = model.clone();
     small.config.vocab_size = 1000;
-    let e = evaluate_task(
-        &small,
-        tokenizer,
-        def.name,
-        def.acc_norm,
-        items,
-        &options,
-        device,
-    )
-    .unwrap_err();
+    let e = run(&small).unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
 }

