@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceId};
 
 /// A compute backend, selected at run time among those compiled in (cargo features).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,5 +126,76 @@ fn probe<B: AutodiffBackend>(kind: BackendKind, device: &B::Device) -> Result<()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the backend panicked while starting".into()),
         }),
+    }
+}
+
+/// The devices of a data-parallel run: `N` workers, a list of device indices, or `all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// `N` workers: devices 0..N on a multi-device backend, N workers sharing the CPU device.
+    Count(usize),
+    /// These device indices (GPUs), one worker each.
+    Indices(Vec<usize>),
+    /// Every device the backend sees.
+    All,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("--devices `{s}`: expected a count (2), device indices (0,1,2,3) or `all`");
+        if s == "all" {
+            return Ok(Self::All);
+        }
+        if !s.contains(',') {
+            return match s.parse::<usize>() {
+                Ok(0) | Err(_) => Err(bad()),
+                Ok(n) => Ok(Self::Count(n)),
+            };
+        }
+        let indices = s
+            .split(',')
+            .map(|i| i.trim().parse::<usize>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sorted = indices.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != indices.len() {
+            return Err(format!("--devices `{s}` names a device twice"));
+        }
+        Ok(Self::Indices(indices))
+    }
+}
+
+/// The worker devices of `spec` on backend `B`, whose default device is `default`. A backend
+/// with several devices (CUDA) gets one worker per device; one with a single device (the CPU
+/// backends, wgpu) gets `N` workers sharing it, which is how the data-parallel tests run on CPU.
+pub fn worker_devices<B: Backend>(
+    spec: &DeviceSpec,
+    default: &B::Device,
+) -> Result<Vec<B::Device>, String> {
+    let id = default.to_id();
+    let available = B::device_count(id.type_id).max(1);
+    let on = |index: usize| {
+        B::Device::from_id(DeviceId {
+            type_id: id.type_id,
+            index_id: index as u16,
+        })
+    };
+    match spec {
+        DeviceSpec::Count(n) if available == 1 => Ok(vec![default.clone(); *n]),
+        DeviceSpec::Count(n) if *n <= available => Ok((0..*n).map(on).collect()),
+        DeviceSpec::Count(n) => Err(format!(
+            "--devices {n}: the backend sees {available} devices"
+        )),
+        DeviceSpec::All => Ok((0..available).map(on).collect()),
+        DeviceSpec::Indices(list) => match list.iter().find(|&&i| i >= available) {
+            Some(i) => Err(format!(
+                "--devices: there is no device {i}; the backend sees {available} (0..{})",
+                available - 1
+            )),
+            None => Ok(list.iter().map(|&i| on(i)).collect()),
+        },
     }
 }

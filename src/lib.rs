@@ -6,4 +6,4 @@ pub use opt_data as data;
 pub use opt_model as model;
 pub use opt_train as train;
 
-pub use backend::{BackendError, BackendKind, BackendTask};
+pub use backend::{worker_devices, BackendError, BackendKind, BackendTask, DeviceSpec};

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use opt::data::packing::splitmix64;
 use opt::model::generate::{generate, GenerateConfig};
 use opt::model::{preset, presets, Preset};
-use opt::train::{init_model, train, Precision, TrainConfig, TrainData, INIT_STD};
+use opt::train::{init_model, train_parallel, Precision, TrainConfig, TrainData, INIT_STD};
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
 
@@ -46,6 +46,12 @@ pub struct BenchTrainArgs {
     /// f32, or bf16 compute with f32 master weights (flex, cuda).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Dropout probability (default: the preset's).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Data-parallel workers, one micro-batch of `--batch` each per step (see `opt train --devices`).
+    #[arg(long, default_value = "1")]
+    pub devices: opt::DeviceSpec,
     /// Print one JSON object (key `tokens_per_second`: the median over the timed steps).
     #[arg(long)]
     pub json: bool,
@@ -130,23 +136,38 @@ impl BackendTask for BenchTrain {
             bail!("--steps must be at least 1");
         }
         let total = a.warmup + a.steps;
-        let mut config = TrainConfig::for_preset(&p, total, a.batch, Some(a.batch * p.seq_len));
+        let devices = opt::worker_devices::<B>(&a.devices, &device).map_err(anyhow::Error::msg)?;
+        let n = devices.len();
+        let mut config = TrainConfig::for_preset(&p, total, a.batch, Some(n * a.batch * p.seq_len));
         (config.checkpoint_every, config.eval_every) = (0, 0);
         config.precision = a.precision;
+        if let Some(d) = a.dropout {
+            config.model.dropout = d;
+        }
         config.validate()?;
-        let blocks = a.batch * total as usize;
+        let blocks = n * a.batch * total as usize;
         let data = TrainData {
             train: random_tokens(blocks * (p.seq_len + 1), p.config.vocab_size, 1).into(),
             valid: Vec::new().into(),
         };
         let out = std::env::temp_dir().join(format!("opt-bench-train-{}", std::process::id()));
         let mut speeds = Vec::new();
-        let result = train::<B>(&config, &data, &out, false, &device, |m| {
+        let mut on_step = |m: &opt::train::StepMetrics| {
             if m.step > a.warmup {
                 speeds.push(m.tokens_per_second);
             }
             std::ops::ControlFlow::Continue(())
-        });
+        };
+        let topology = opt::train::Topology::default();
+        let result = train_parallel::<B>(
+            &config,
+            &data,
+            &out,
+            false,
+            &devices,
+            &topology,
+            &mut on_step,
+        );
         let _ = std::fs::remove_dir_all(&out);
         result?;
         let tps = median(speeds.clone());
@@ -154,6 +175,7 @@ impl BackendTask for BenchTrain {
             "preset": p.name, "backend": a.backend, "batch": a.batch, "seq_len": p.seq_len,
             "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
             "threads": threads(), "precision": format!("{:?}", a.precision).to_lowercase(),
+            "dropout": config.model.dropout, "workers": n,
         });
         if a.json {
             let mut v = setup;

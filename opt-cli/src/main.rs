@@ -37,7 +37,9 @@ enum Command {
     /// Load an HF-layout checkpoint directory and summarise it (checks every tensor).
     Inspect(commands::InspectArgs),
     /// Pre-train an OPT model with the paper's recipe (default: `tiny` on Shakespeare).
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
+    /// Serve as the coordinator of a multi-node `opt train --nodes N` run.
+    Coordinator(train_cmd::CoordinatorArgs),
     /// Generate text from a checkpoint.
     Generate(commands::GenerateArgs),
     /// Perplexity of a checkpoint on a text file or prepared token shards.
@@ -69,7 +71,8 @@ fn main() -> Result<()> {
         Command::Presets => commands::presets(),
         Command::Inspect(args) => commands::inspect(args),
         Command::Generate(args) => commands::generate(args),
-        Command::Train(args) => train_cmd::run(args),
+        Command::Train(args) => train_cmd::run(*args),
+        Command::Coordinator(args) => train_cmd::coordinator(args),
         Command::Eval(args) => commands::eval(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Plot(args) => plot_cmd::plot(args),

@@ -10,7 +10,9 @@ use clap::Args;
 use opt::data::{is_prepared, load_manifest, OptTokenizer, PrepareError, PrepareOptions};
 use opt::model::checkpoint;
 use opt::model::generate::{generate, GenerateConfig, Sampling};
-use opt::train::{prepare, train, DataSource, Precision, TrainConfig, TrainData};
+use opt::train::{
+    prepare, train_parallel, DataSource, Fault, Precision, Topology, TrainConfig, TrainData,
+};
 use opt::{BackendKind, BackendTask};
 
 use crate::progress::Progress;
@@ -79,6 +81,33 @@ pub struct TrainArgs {
     /// Compute precision: f32, or bf16 with f32 master weights and optimizer state (flex, cuda).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Dropout probability (residual and FFN outputs); default: the preset's (0.1, like metaseq).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Dropout on the attention probabilities; default: the preset's (0.0, like HF's OPT configs).
+    #[arg(long)]
+    pub attention_dropout: Option<f64>,
+    /// Data-parallel workers: a count (CPU backends: workers sharing the CPU; CUDA: GPUs 0..N),
+    /// GPU indices (0,1,2,3) or `all`. The update's micro-batches are divided among them.
+    #[arg(long, default_value = "1")]
+    pub devices: opt::DeviceSpec,
+    /// Processes ("nodes") in a multi-node run, each started with the same flags and its own --node-rank.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// This node's index in 0..--nodes (node 0 writes metrics, checkpoints and the export).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// The address of `opt coordinator` (HOST:PORT), for --nodes > 1.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// HOST:PORT where the other nodes reach this one, for --nodes > 1 (burn-collective 0.21
+    /// listens on every interface at PORT).
+    #[arg(long)]
+    pub node_listen: Option<String>,
+    /// Seconds a worker waits in one collective call for the others before the run ends with an
+    /// error (must exceed the time to write a checkpoint).
+    #[arg(long, default_value_t = 50.0)]
+    pub collective_timeout: f64,
     /// Prompt for the sample printed at the end.
     #[arg(long, default_value = "ROMEO:")]
     pub sample_prompt: String,
@@ -155,14 +184,34 @@ impl BackendTask for Train {
         let stop = StopFlag::install()?;
         let mut progress = Progress::new(config.max_steps, args.log_every);
         let started = std::time::Instant::now();
-        let (model, summary) = train::<B>(&config, &data, &out, resume, &device, |m| {
+        let devices =
+            opt::worker_devices::<B>(&args.devices, &device).map_err(anyhow::Error::msg)?;
+        let topology = topology(&args)?;
+        if devices.len() * topology.nodes > 1 {
+            eprintln!(
+                "data parallel: {} worker(s) on this node x {} node(s), {} micro-batch(es) each per update",
+                devices.len(),
+                topology.nodes,
+                config.grad_accum / (devices.len() * topology.nodes).max(1)
+            );
+        }
+        let mut on_step = |m: &opt::train::StepMetrics| {
             progress.step(m);
             if stop.requested() {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
-        })?;
+        };
+        let (model, summary) = train_parallel::<B>(
+            &config,
+            &data,
+            &out,
+            resume,
+            &devices,
+            &topology,
+            &mut on_step,
+        )?;
         progress.finish();
         if summary.stopped {
             eprintln!(
@@ -187,6 +236,9 @@ impl BackendTask for Train {
             summary.median_tokens_per_second
         );
 
+        if topology.node_rank != 0 {
+            return Ok(()); // node 0 exports the model
+        }
         let export = out.join("model");
         let model = model.valid();
         checkpoint::save_pretrained(&model, &export)?;
@@ -257,6 +309,8 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
             ("--config", args.config.is_some()),
             ("--data", !args.data.is_empty()),
             ("--tokenizer", args.tokenizer.is_some()),
+            ("--dropout", args.dropout.is_some()),
+            ("--attention-dropout", args.attention_dropout.is_some()),
         ] {
             if given {
                 bail!(
@@ -322,8 +376,36 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
     if let Some(t) = args.peak_tflops {
         config.peak_flops = t * 1e12;
     }
+    if let Some(p) = args.dropout {
+        config.model.dropout = p;
+    }
+    if let Some(p) = args.attention_dropout {
+        config.model.attention_dropout = p;
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// The run's layout over nodes, from the flags (and the `OPT_TEST_FAULT` test hook).
+fn topology(args: &TrainArgs) -> Result<Topology> {
+    if !(args.collective_timeout > 0.0 && args.collective_timeout.is_finite()) {
+        bail!("--collective-timeout must be a positive number of seconds");
+    }
+    let fault = std::env::var("OPT_TEST_FAULT")
+        .ok()
+        .map(|s| s.parse::<Fault>().map_err(anyhow::Error::msg))
+        .transpose()
+        .context("OPT_TEST_FAULT")?;
+    let topology = Topology {
+        nodes: args.nodes,
+        node_rank: args.node_rank,
+        coordinator: args.coordinator.clone(),
+        node_listen: args.node_listen.clone(),
+        timeout: std::time::Duration::from_secs_f64(args.collective_timeout),
+        fault,
+    };
+    topology.validate()?;
+    Ok(topology)
 }
 
 /// Flags that may change on a fresh run and on a resume alike (they do not contradict checkpoints).
@@ -405,5 +487,27 @@ fn fit_vocab(
         );
         config.model.vocab_size = padded;
     }
+    Ok(())
+}
+
+/// Arguments of `opt coordinator`.
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// HOST:PORT to serve on (burn-collective 0.21 listens on every interface at PORT).
+    #[arg(long)]
+    pub listen: String,
+}
+
+/// `opt coordinator`: the meeting point of a multi-node run's nodes, until interrupted.
+pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let (host, port) = opt::train::collective::host_port(&args.listen)?;
+    // Fail here, with the address, rather than in a log line of the library's server.
+    std::net::TcpListener::bind(("0.0.0.0", port))
+        .with_context(|| format!("--listen {}: port {port} is not free", args.listen))?;
+    eprintln!(
+        "coordinator on 0.0.0.0:{port} (every interface; nodes use --coordinator {host}:{port}). \
+         The transport is unauthenticated: trusted networks only. Ctrl-C ends it."
+    );
+    opt::train::serve_coordinator(port)?;
     Ok(())
 }

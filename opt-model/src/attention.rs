@@ -6,6 +6,7 @@ use burn::tensor::activation::softmax;
 
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
+use crate::dropout::keyed;
 
 /// `self_attn` of an OPT layer: q/k/v/out projections (HF names).
 #[derive(Module, Debug)]
@@ -65,7 +66,7 @@ impl<B: Backend> OptAttention<B> {
             // A finite fill (like HF eager's finfo.min) keeps fully hidden pad rows finite, not NaN.
             scores = scores.mask_fill(mask, f32::MIN);
         }
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let probs = keyed(&self.attn_dropout, softmax(scores, 3));
         let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         self.out_proj.forward(out)
     }

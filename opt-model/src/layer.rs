@@ -7,6 +7,7 @@ use burn::tensor::activation::relu;
 use crate::attention::OptAttention;
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
+use crate::dropout::keyed;
 
 /// `layers.i` of the decoder (HF names: the FFN's norm is called `final_layer_norm`).
 #[derive(Module, Debug)]
@@ -49,11 +50,8 @@ impl<B: Backend> OptDecoderLayer<B> {
     ) -> Tensor<B, 3> {
         let attn_norm = |h| layer_norm(&self.self_attn_layer_norm, h);
         let ffn_norm = |h| layer_norm(&self.final_layer_norm, h);
-        let attn = |h| self.dropout.forward(self.self_attn.forward(h, mask, cache));
-        let ffn = |h| {
-            self.dropout
-                .forward(self.fc2.forward(relu(self.fc1.forward(h))))
-        };
+        let attn = |h| keyed(&self.dropout, self.self_attn.forward(h, mask, cache));
+        let ffn = |h| keyed(&self.dropout, self.fc2.forward(relu(self.fc1.forward(h))));
         if self.pre_norm {
             let h = x.clone() + attn(attn_norm(x));
             h.clone() + ffn(ffn_norm(h))

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod dropout;
 pub mod fsutil;
 pub mod generate;
 pub mod layer;

@@ -1,27 +1,22 @@
 //! The step-based training loop: gradient accumulation to the paper's token batch, warmup + linear
 //! decay, global clipping, AdamW, metrics, validation, atomic checkpoints and exact resume.
 
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use opt_data::{BlockLoader, Cursor, Tokens};
-use opt_model::{loss, Opt, OptConfig};
+use opt_model::{Opt, OptConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::init::init_model;
-use crate::optim::{clip_grad_norm, AdamWSettings, OptAdamW};
+use crate::optim::{AdamWSettings, OptAdamW};
 use crate::precision::Precision;
 use crate::schedule::LrSchedule;
 
 /// Errors of a training run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TrainError {
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
@@ -31,6 +26,10 @@ pub enum TrainError {
         "{out}: resume asked for, but no complete checkpoint was found under {out}/checkpoints"
     )]
     NothingToResume { out: PathBuf },
+    #[error("worker {rank}: {message}")]
+    Worker { rank: usize, message: String },
+    #[error("worker {rank}: stopped because another worker failed")]
+    Aborted { rank: usize },
 }
 
 /// Everything that defines a run; written to `OUT/config.toml`.
@@ -65,6 +64,13 @@ impl TrainConfig {
     /// Tokens per optimizer update.
     pub fn tokens_per_step(&self) -> u64 {
         (self.seq_len * self.micro_batch * self.grad_accum) as u64
+    }
+
+    /// Training FLOPs per token (6N plus attention), for MFU.
+    pub fn flops_per_token(&self) -> f64 {
+        let m = &self.model;
+        6.0 * m.num_params() as f64
+            + 12.0 * (m.num_hidden_layers * m.hidden_size * self.seq_len) as f64
     }
 
     /// Check the values a run cannot start with.
@@ -114,17 +120,20 @@ pub struct StepMetrics {
 
 /// Where the loop is: saved in every checkpoint as `state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct LoopState {
-    step: u64,
-    tokens: u64,
-    cursor: Cursor,
+pub(crate) struct LoopState {
+    pub step: u64,
+    pub tokens: u64,
+    pub cursor: Cursor,
     /// The model config the checkpoint was made with (a resume must not contradict it).
     #[serde(default)]
-    model: Option<OptConfig>,
+    pub model: Option<OptConfig>,
+    /// Data-parallel workers that made the checkpoint (0 in checkpoints from before it was recorded).
+    #[serde(default)]
+    pub world_size: usize,
 }
 
 /// What a finished run reports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainSummary {
     pub steps: u64,
     pub first_loss: Option<f64>,
@@ -136,11 +145,11 @@ pub struct TrainSummary {
     pub stopped: bool,
 }
 
-type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
+pub(crate) type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
 
-/// Train (or, with `resume`, continue) a run in `out`; returns the trained model. `on_step` sees
-/// every update's metrics; `ControlFlow::Break` stops the run after that update with a checkpoint
-/// at its step (a graceful stop: `--resume` continues exactly).
+/// Train (or, with `resume`, continue) a run in `out` on one device; returns the trained model.
+/// `on_step` sees every update's metrics; `ControlFlow::Break` stops the run after that update with
+/// a checkpoint at its step (a graceful stop: `--resume` continues exactly).
 pub fn train<B: AutodiffBackend>(
     config: &TrainConfig,
     data: &TrainData,
@@ -149,6 +158,26 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     mut on_step: impl FnMut(&StepMetrics) -> ControlFlow<()>,
 ) -> Result<(Opt<B>, TrainSummary), TrainError> {
+    crate::parallel::train_parallel::<B>(
+        config,
+        data,
+        out,
+        resume,
+        std::slice::from_ref(device),
+        &crate::Topology::default(),
+        &mut on_step,
+    )
+}
+
+/// Check a run's config, backend and data before any worker starts; prepare `out`.
+pub(crate) fn check_run<B: AutodiffBackend>(
+    config: &TrainConfig,
+    data: &TrainData,
+    out: &Path,
+    resume: bool,
+    world: usize,
+    device: &B::Device,
+) -> Result<(), TrainError> {
     config.validate()?;
     if !config.precision.supported::<B>(device) {
         return Err(TrainError::Config(format!(
@@ -156,58 +185,20 @@ pub fn train<B: AutodiffBackend>(
             config.precision
         )));
     }
-    let io = |path: &Path, e: &dyn std::fmt::Display| TrainError::Io {
-        path: path.into(),
-        message: e.to_string(),
-    };
-    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| io(out, &e))?;
-    B::seed(device, config.seed);
-    // Params are lazy: materialise them now, so the init draws come right after the run's seed.
-    let mut model: Opt<B> = init_model(&config.model, config.init_std, device).fork(device);
-    let mut optim = OptAdamW::<Opt<B>, B>::new(&config.adamw);
-    let mut state = LoopState {
-        model: Some(config.model.clone()),
-        ..Default::default()
-    };
-    let mut resumed_from = None;
-    if resume {
-        let mut restored = None;
-        for dir in checkpoint_dirs(out) {
-            check_model_config(&dir, &config.model)?;
-            let attempt = (|| -> Result<_, String> {
-                let m = init_model::<B>(&config.model, config.init_std, device)
-                    .load_file(dir.join("model"), &Rec::new(), device)
-                    .map_err(|e| e.to_string())?;
-                let o = OptAdamW::<Opt<B>, B>::new(&config.adamw)
-                    .load(&dir, device)
-                    .map_err(|e| e.to_string())?;
-                let text =
-                    std::fs::read_to_string(dir.join("state.json")).map_err(|e| e.to_string())?;
-                let st: LoopState = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                Ok((m, o, st))
-            })();
-            match attempt {
-                Ok(r) => {
-                    eprintln!("resuming from {} (step {})", dir.display(), r.2.step);
-                    restored = Some(r);
-                    break;
-                }
-                Err(e) => eprintln!(
-                    "warning: checkpoint {} is unreadable ({e}); falling back to the previous one",
-                    dir.display()
-                ),
-            }
-        }
-        let (m, o, st) = restored.ok_or_else(|| TrainError::NothingToResume { out: out.into() })?;
-        (model, optim, state) = (m, o, st);
-        state.model = Some(config.model.clone());
-        resumed_from = Some(state.step);
-    } else {
-        // A fresh run must not append to another run's metrics.
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    if world == 0 || !config.grad_accum.is_multiple_of(world) {
+        return Err(TrainError::Config(format!(
+            "{world} workers cannot share an update of {} micro-batches ({} tokens = {} x {} x {}): \
+             choose a worker count that divides {}, or change --batch-tokens / --micro-batch",
+            config.grad_accum,
+            config.tokens_per_step(),
+            config.micro_batch,
+            config.seq_len,
+            config.grad_accum,
+            config.grad_accum
+        )));
     }
-    let mut loader = BlockLoader::new(data.train.clone(), config.seq_len, config.seed);
-    if loader.num_blocks() < config.micro_batch {
+    let blocks = BlockLoader::new(data.train.clone(), config.seq_len, config.seed).num_blocks();
+    if blocks < config.micro_batch {
         return Err(TrainError::Config(format!(
             "the training data has {} tokens: fewer than one micro-batch of {} x {} tokens",
             data.train.len(),
@@ -215,119 +206,15 @@ pub fn train<B: AutodiffBackend>(
             config.seq_len + 1
         )));
     }
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| io(&metrics_path, &e))?;
-    let flops_per_token = 6.0 * config.model.num_params() as f64
-        + 12.0
-            * (config.model.num_hidden_layers * config.model.hidden_size * config.seq_len) as f64;
-
-    let mut summary = TrainSummary {
-        steps: state.step,
-        first_loss: None,
-        last_loss: None,
-        last_val_loss: None,
-        median_tokens_per_second: 0.0,
-        resumed_from,
-        stopped: false,
-    };
-    let mut speeds = Vec::new();
-    while state.step < config.max_steps {
-        let step = state.step + 1;
-        let started = Instant::now();
-        // Dropout draws from the backend RNG; seeding per step makes a resumed run identical.
-        B::seed(
-            device,
-            config.seed.wrapping_add(step.wrapping_mul(0x9E37_79B9)),
-        );
-        let lr = config.schedule.lr(step);
-        let mut accumulator = GradientsAccumulator::<Opt<B>>::new();
-        let mut loss_sum = 0.0;
-        for _ in 0..config.grad_accum {
-            let batch = loader.next_batch(&mut state.cursor, config.micro_batch);
-            let [inputs, targets] = [batch.inputs, batch.targets].map(|v| {
-                Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(v, [config.micro_batch, config.seq_len]),
-                    device,
-                )
-            });
-            let logits = config.precision.logits(&model, inputs);
-            let loss = loss::cross_entropy(logits, targets) / config.grad_accum as f64;
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-        }
-        let mut grads = accumulator.grads();
-        let (grad_norm, clip_coef) = clip_grad_norm(&model, &mut grads, config.clip_norm);
-        let skipped = !grad_norm.is_finite() || !loss_sum.is_finite();
-        if skipped {
-            eprintln!("warning: step {step}: non-finite loss or gradient (loss {loss_sum}, norm {grad_norm}); update skipped");
-        } else {
-            model = optim.step(lr, model, grads);
-        }
-        state.step = step;
-        state.tokens += config.tokens_per_step();
-        let seconds = started.elapsed().as_secs_f64();
-        let tokens_per_second = config.tokens_per_step() as f64 / seconds;
-        speeds.push(tokens_per_second);
-        let mut m = StepMetrics {
-            step,
-            tokens: state.tokens,
-            loss: loss_sum,
-            lr,
-            grad_norm,
-            clip_coef,
-            tokens_per_second,
-            mfu: (config.peak_flops > 0.0)
-                .then(|| tokens_per_second * flops_per_token / config.peak_flops),
-            val_loss: None,
-            val_ppl: None,
-            skipped,
-        };
-        if config.eval_every > 0
-            && (step.is_multiple_of(config.eval_every) || step == config.max_steps)
-            && !data.valid.is_empty()
-        {
-            let val = evaluate(
-                &model.valid(),
-                &data.valid,
-                config.seq_len,
-                config.micro_batch,
-                config.eval_batches,
-                device,
-            );
-            if let Some(v) = val {
-                m.val_loss = Some(v);
-                m.val_ppl = Some(v.exp());
-                summary.last_val_loss = Some(v);
-            }
-        }
-        writeln!(
-            metrics_file,
-            "{}",
-            serde_json::to_string(&m).expect("metrics serialise")
-        )
-        .map_err(|e| io(&metrics_path, &e))?;
-        summary.first_loss.get_or_insert(m.loss);
-        summary.last_loss = Some(m.loss);
-        summary.steps = step;
-        let stop = on_step(&m).is_break();
-        if stop
-            || (config.checkpoint_every > 0
-                && (step.is_multiple_of(config.checkpoint_every) || step == config.max_steps))
-        {
-            save_checkpoint(out, &model, &optim, &state, config.keep_checkpoints)?;
-        }
-        if stop && step < config.max_steps {
-            summary.stopped = true;
-            break;
-        }
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| TrainError::Io {
+        path: out.into(),
+        message: e.to_string(),
+    })?;
+    if !resume {
+        // A fresh run must not append to another run's metrics.
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
-    speeds.sort_by(f64::total_cmp);
-    summary.median_tokens_per_second = speeds.get(speeds.len() / 2).copied().unwrap_or(0.0);
-    Ok((model, summary))
+    Ok(())
 }
 
 /// Mean loss over up to `max_batches` consecutive validation blocks (None if there is no whole block).
@@ -339,13 +226,24 @@ pub fn evaluate<B: Backend>(
     max_batches: usize,
     device: &B::Device,
 ) -> Option<f64> {
+    let (sum, count) = evaluate_part(model, tokens, seq_len, batch, max_batches, (0, 1), device);
+    (count > 0.0).then(|| sum / count)
+}
+
+/// (loss sum, token count) of the batches of [`evaluate`] whose index is `part.0` modulo `part.1`.
+pub(crate) fn evaluate_part<B: Backend>(
+    model: &Opt<B>,
+    tokens: &Tokens,
+    seq_len: usize,
+    batch: usize,
+    max_batches: usize,
+    (part, parts): (usize, usize),
+    device: &B::Device,
+) -> (f64, f64) {
     let loader = BlockLoader::new(tokens.clone(), seq_len, 0);
     let blocks = loader.num_blocks().min(batch * max_batches.max(1));
-    if blocks == 0 {
-        return None;
-    }
     let (mut sum, mut count) = (0.0, 0.0);
-    for start in (0..blocks).step_by(batch) {
+    for start in (0..blocks).step_by(batch).skip(part).step_by(parts) {
         let blocks: Vec<_> = (start..(start + batch).min(blocks))
             .map(|i| loader.block(i))
             .collect();
@@ -354,12 +252,12 @@ pub fn evaluate<B: Backend>(
         sum += s;
         count += c;
     }
-    Some(sum / count)
+    (sum, count)
 }
 
 /// Refuse a resume whose model config differs from the one `dir`'s checkpoint was made with
 /// (loading it would put tensors of one shape into a model of another).
-fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), TrainError> {
+pub(crate) fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
         return Ok(()); // unreadable: the resume falls back past it
     };
@@ -392,7 +290,7 @@ fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), TrainError> {
 }
 
 /// Write `checkpoints/step-N/` atomically (a temp folder renamed when complete); keep the last `keep`.
-fn save_checkpoint<B: AutodiffBackend>(
+pub(crate) fn save_checkpoint<B: AutodiffBackend>(
     out: &Path,
     model: &Opt<B>,
     optim: &OptAdamW<Opt<B>, B>,
@@ -444,7 +342,7 @@ fn checkpoint_steps(root: &Path) -> Vec<u64> {
 }
 
 /// Complete checkpoint folders, newest first.
-fn checkpoint_dirs(out: &Path) -> Vec<PathBuf> {
+pub(crate) fn checkpoint_dirs(out: &Path) -> Vec<PathBuf> {
     let root = out.join("checkpoints");
     let mut steps = checkpoint_steps(&root);
     steps.sort_unstable_by(|a, b| b.cmp(a));

@@ -5,6 +5,7 @@
 mod common;
 
 mod checkpoint;
+mod data_parallel;
 mod eval_parity;
 mod generation_parity;
 mod hf_parity;

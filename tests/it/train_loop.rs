@@ -14,7 +14,7 @@ use opt::train::{init_model, train, LrSchedule, StepMetrics, TrainConfig, TrainD
 use opt::BackendTask;
 
 /// A small generated "language": sentences over 40 words with a fixed grammar-like pattern.
-fn generated_tokens(n: usize, vocab: u32) -> Vec<u32> {
+pub(crate) fn generated_tokens(n: usize, vocab: u32) -> Vec<u32> {
     let mut state = 12345u64;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -28,7 +28,7 @@ fn generated_tokens(n: usize, vocab: u32) -> Vec<u32> {
     out.iter().map(|&t| t % vocab).collect()
 }
 
-fn small_config(max_steps: u64) -> TrainConfig {
+pub(crate) fn small_config(max_steps: u64) -> TrainConfig {
     let model = OptConfig {
         max_position_embeddings: 64,
         ..OptConfig::with_shape(64, 32, 2, 2)
@@ -46,7 +46,7 @@ fn small_config(max_steps: u64) -> TrainConfig {
     c
 }
 
-fn read_metrics(out: &Path) -> Vec<StepMetrics> {
+pub(crate) fn read_metrics(out: &Path) -> Vec<StepMetrics> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -2,6 +2,8 @@
 //! the bad input a user meets first (unknown preset, occupied --out, resume contradictions, a
 //! tokenizer larger than the model).
 
+mod parallel;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
