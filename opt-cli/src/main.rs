@@ -64,9 +64,20 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// Library log lines at WARN and above on stderr, or what `RUST_LOG` asks for.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> Result<()> {
     // SAFETY: sets a process-wide allocator option; no memory is handed out differently because of it.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    init_logging();
     match Cli::parse().command {
         Command::Presets => commands::presets(),
         Command::Inspect(args) => commands::inspect(args),

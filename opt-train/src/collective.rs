@@ -129,15 +129,21 @@ pub(crate) fn exclusive<B: Backend>() -> MutexGuard<'static, ()> {
     guard
 }
 
-/// Release every call still pending on the server (after a failed run).
+/// Release every call still pending on the server (after a failed run). When the server itself
+/// died (a peer node disconnected mid-reduce), burn-collective's client panics here: quietly ignored.
 pub(crate) fn reset<B: Backend>() {
-    burn_collective::reset_collective::<B>();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = std::panic::catch_unwind(burn_collective::reset_collective::<B>);
+    std::panic::set_hook(hook);
 }
 
 /// One worker's membership in the run's collective, on the inner (non-autodiff) backend `B`.
 pub(crate) struct Collective<B: Backend> {
     peer: PeerId,
     rank: usize,
+    /// The ring all-reduce between nodes cuts a tensor into one slice per node: never fewer elements.
+    min_len: usize,
     timeout: Duration,
     abort: AbortFlag,
     _backend: std::marker::PhantomData<B>,
@@ -172,6 +178,7 @@ impl<B: Backend> Collective<B> {
         let this = Self {
             peer: PeerId::from(local_rank),
             rank,
+            min_len: topology.nodes,
             timeout: join_timeout,
             abort,
             _backend: std::marker::PhantomData,
@@ -192,11 +199,19 @@ impl<B: Backend> Collective<B> {
         tensor: Tensor<B, 1>,
         what: &str,
     ) -> Result<Tensor<B, 1>, TrainError> {
+        let len = tensor.dims()[0];
+        let tensor = match len < self.min_len {
+            true => {
+                let zeros = Tensor::zeros([self.min_len - len], &tensor.device());
+                Tensor::cat(vec![tensor, zeros], 0)
+            }
+            false => tensor,
+        };
         let (peer, primitive) = (self.peer, tensor.into_primitive().tensor());
         let reduced = self.watched(what, move || {
             burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
         })?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
+        Ok(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced)).slice(0..len))
     }
 
     /// Leave the collective at the end of a run.
