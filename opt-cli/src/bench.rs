@@ -49,6 +49,9 @@ pub struct BenchTrainArgs {
     /// Dropout probability (default: the preset's).
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Dropout masks: `keyed` (what training uses) or `burn` (Burn's `Dropout`, for comparison).
+    #[arg(long, default_value = "keyed", value_parser = ["keyed", "burn"])]
+    pub dropout_impl: String,
     /// Data-parallel workers, one micro-batch of `--batch` each per step (see `opt train --devices`).
     #[arg(long, default_value = "1")]
     pub devices: opt::DeviceSpec,
@@ -144,6 +147,7 @@ impl BackendTask for BenchTrain {
         if let Some(d) = a.dropout {
             config.model.dropout = d;
         }
+        opt::model::dropout::use_burn_dropout(a.dropout_impl == "burn");
         config.validate()?;
         let blocks = n * a.batch * total as usize;
         let data = TrainData {
@@ -175,7 +179,7 @@ impl BackendTask for BenchTrain {
             "preset": p.name, "backend": a.backend, "batch": a.batch, "seq_len": p.seq_len,
             "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
             "threads": threads(), "precision": format!("{:?}", a.precision).to_lowercase(),
-            "dropout": config.model.dropout, "workers": n,
+            "dropout": config.model.dropout, "dropout_impl": a.dropout_impl, "workers": n,
         });
         if a.json {
             let mut v = setup;

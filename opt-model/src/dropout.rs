@@ -9,6 +9,7 @@
 //! forward pass (layer by layer, in order). The mask itself is Burn's Bernoulli draw, on the device.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use burn::nn::Dropout;
@@ -21,6 +22,15 @@ static RNG_LOCK: Mutex<()> = Mutex::new(());
 thread_local! {
     /// (stream key, masks drawn so far in this stream) of the calling thread.
     static STREAM: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Use Burn's own `Dropout` instead (`opt bench train --dropout-impl burn`, to measure what keying
+/// costs). Its masks depend on thread timing when several workers train in one process.
+static BURN_DROPOUT: AtomicBool = AtomicBool::new(false);
+
+/// Switch between keyed masks (default) and Burn's `Dropout`, process-wide.
+pub fn use_burn_dropout(on: bool) {
+    BURN_DROPOUT.store(on, Ordering::Relaxed);
 }
 
 /// Start a new dropout stream on this thread: the next masks are keyed by `key` and their order.
@@ -40,6 +50,9 @@ pub fn keyed<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> 
     let device = x.device();
     if !B::ad_enabled(&device) || dropout.prob == 0.0 {
         return x;
+    }
+    if BURN_DROPOUT.load(Ordering::Relaxed) {
+        return dropout.forward(x);
     }
     let key = STREAM.with(|s| {
         let (stream, n) = s.get();

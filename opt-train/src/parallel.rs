@@ -53,6 +53,7 @@ pub fn train_parallel<B: AutodiffBackend>(
         abort: AbortFlag::default(),
     };
     if world == 1 {
+        drop(init); // parameters owned once are updated in place
         let seat = Seat {
             rank: 0,
             world: 1,
