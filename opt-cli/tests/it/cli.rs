@@ -371,6 +371,24 @@ fn prepare_train_eval_and_the_errors_around_them() {
     assert!(e.contains("50261 ids") && e.contains("2048"), "{e}");
 }
 
+/// `write_text`'s corpus prepared with a 400-id tokenizer, in `tmp/prepared`.
+fn prepared(tmp: &Path) -> PathBuf {
+    let text = tmp.join("corpus.txt");
+    write_text(&text);
+    let data = tmp.join("prepared");
+    ok(&[
+        "data",
+        "prepare",
+        "--input",
+        p(&text),
+        "--vocab-size",
+        "400",
+        "--out",
+        p(&data),
+    ]);
+    data
+}
+
 /// (step, loss) of every line of a run's metrics.jsonl.
 fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -386,19 +404,7 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn sigterm_stops_with_a_checkpoint_and_resume_repeats_the_straight_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = tmp.path().join("corpus.txt");
-    write_text(&text);
-    let data = tmp.path().join("prepared");
-    ok(&[
-        "data",
-        "prepare",
-        "--input",
-        p(&text),
-        "--vocab-size",
-        "400",
-        "--out",
-        p(&data),
-    ]);
+    let data = prepared(tmp.path());
     let b = cli_backend();
     let steps = "150";
     let train_args = |out: &Path| -> Vec<String> {

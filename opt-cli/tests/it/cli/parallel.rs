@@ -3,11 +3,11 @@
 //! the other node's run with an error (no hang), leaving a checkpoint that resumes.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{cli_backend, losses, ok, p, write_text};
+use super::{cli_backend, losses, ok, p, prepared};
 
 /// Child processes killed when the test ends, however it ends.
 struct Reaper(Vec<Child>);
@@ -28,23 +28,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn prepared(tmp: &Path) -> PathBuf {
-    let text = tmp.join("corpus.txt");
-    write_text(&text);
-    let data = tmp.join("prepared");
-    ok(&[
-        "data",
-        "prepare",
-        "--input",
-        p(&text),
-        "--vocab-size",
-        "400",
-        "--out",
-        p(&data),
-    ]);
-    data
 }
 
 /// `opt train` of the tiny preset on `data`, 4 micro-batches of 4 x 128 per update, no dropout.
