@@ -123,17 +123,10 @@ impl BlockLoader {
         let mut inputs = Vec::with_capacity(batch_size * self.seq_len);
         let mut targets = Vec::with_capacity(batch_size * self.seq_len);
         for _ in 0..batch_size {
-            if cursor.position as usize >= self.num_blocks() {
-                *cursor = Cursor {
-                    epoch: cursor.epoch + 1,
-                    position: 0,
-                };
-            }
-            let index = self.order(cursor.epoch)[cursor.position as usize] as usize;
+            let index = self.next_index(cursor);
             let block = self.block(index);
             inputs.extend(block[..self.seq_len].iter().map(|&t| t as i64));
             targets.extend(block[1..].iter().map(|&t| t as i64));
-            cursor.position += 1;
         }
         Batch {
             batch_size,
@@ -141,6 +134,27 @@ impl BlockLoader {
             inputs,
             targets,
         }
+    }
+
+    /// Advance `cursor` past the next `blocks` blocks without reading them (another data-parallel
+    /// worker's share of an update).
+    pub fn skip(&mut self, cursor: &mut Cursor, blocks: usize) {
+        for _ in 0..blocks {
+            self.next_index(cursor);
+        }
+    }
+
+    /// The block at `cursor`, advancing it (wrapping into the next epoch).
+    fn next_index(&mut self, cursor: &mut Cursor) -> usize {
+        if cursor.position as usize >= self.num_blocks() {
+            *cursor = Cursor {
+                epoch: cursor.epoch + 1,
+                position: 0,
+            };
+        }
+        let index = self.order(cursor.epoch)[cursor.position as usize] as usize;
+        cursor.position += 1;
+        index
     }
 }
 

@@ -173,24 +173,21 @@ impl<B: Backend> Collective<B> {
                 .with_node_address(address(&format!("ws://{listen}")))
                 .with_data_service_port(port);
         }
-        // Joining waits for every node to start, which may take a while; later calls may not.
-        let join_timeout = topology.timeout.max(Duration::from_secs(300));
         let this = Self {
             peer: PeerId::from(local_rank),
             rank,
             min_len: topology.nodes,
-            timeout: join_timeout,
+            timeout: topology.timeout,
             abort,
             _backend: std::marker::PhantomData,
         };
         let (peer, device) = (this.peer, device.clone());
-        this.watched("joining the collective", move || {
+        // Joining waits for every node to start, which may take a while; later calls may not.
+        let join_timeout = topology.timeout.max(Duration::from_secs(300));
+        this.watched("joining the collective", join_timeout, move || {
             burn_collective::register::<B>(peer, device, config)
         })?;
-        Ok(Self {
-            timeout: topology.timeout,
-            ..this
-        })
+        Ok(this)
     }
 
     /// The element-wise sum of `tensor` over every worker of the run.
@@ -208,7 +205,7 @@ impl<B: Backend> Collective<B> {
             false => tensor,
         };
         let (peer, primitive) = (self.peer, tensor.into_primitive().tensor());
-        let reduced = self.watched(what, move || {
+        let reduced = self.watched(what, self.timeout, move || {
             burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
         })?;
         Ok(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced)).slice(0..len))
@@ -217,15 +214,16 @@ impl<B: Backend> Collective<B> {
     /// Leave the collective at the end of a run.
     pub(crate) fn finish(self) -> Result<(), TrainError> {
         let peer = self.peer;
-        self.watched("leaving the collective", move || {
+        self.watched("leaving the collective", self.timeout, move || {
             burn_collective::finish_collective::<B>(peer)
         })
     }
 
-    /// Run the blocking `call` on a helper thread; give up when the run aborts or the deadline passes.
+    /// Run the blocking `call` on a helper thread; give up when the run aborts or after `timeout`.
     fn watched<T: Send + 'static>(
         &self,
         what: &str,
+        timeout: Duration,
         call: impl FnOnce() -> Result<T, burn_collective::CollectiveError> + Send + 'static,
     ) -> Result<T, TrainError> {
         let (tx, rx) = mpsc::channel();
@@ -235,7 +233,7 @@ impl<B: Backend> Collective<B> {
                 let _ = tx.send(call());
             })
             .map_err(|e| self.error(what, format!("cannot start a thread: {e}")))?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(Ok(value)) => return Ok(value),
@@ -252,7 +250,7 @@ impl<B: Backend> Collective<B> {
                         format!(
                             "no answer from the other workers within {:.0} s: a peer worker or \
                              node stopped or hangs (see its log)",
-                            self.timeout.as_secs_f64()
+                            timeout.as_secs_f64()
                         ),
                     ))
                 }

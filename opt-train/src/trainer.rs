@@ -201,21 +201,19 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// This worker's micro-batches of the next update, with their index in the update. Every
-    /// worker walks the one batch order; worker `r` of `w` takes the r-th of `w` equal runs.
+    /// worker walks the one batch order; worker `r` of `w` takes the r-th of `w` equal runs and
+    /// skips the others' blocks without reading them.
     fn next_batches(&mut self) -> Vec<(usize, Batch)> {
-        let total = self.config.grad_accum;
-        let mine = total / self.seat.world;
-        let range = self.seat.rank * mine..(self.seat.rank + 1) * mine;
-        (0..total)
-            .map(|i| {
-                (
-                    i,
-                    self.loader
-                        .next_batch(&mut self.state.cursor, self.config.micro_batch),
-                )
-            })
-            .filter(|(i, _)| range.contains(i))
-            .collect()
+        let (config, cursor) = (self.config, &mut self.state.cursor);
+        let mine = config.grad_accum / self.seat.world;
+        let first = self.seat.rank * mine;
+        self.loader.skip(cursor, first * config.micro_batch);
+        let batches = (first..first + mine)
+            .map(|i| (i, self.loader.next_batch(cursor, config.micro_batch)))
+            .collect();
+        let after = config.grad_accum - first - mine;
+        self.loader.skip(cursor, after * config.micro_batch);
+        batches
     }
 
     /// Forward and backward over `batches`, summing gradients and the loss (kept on the device).
