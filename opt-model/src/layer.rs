@@ -4,7 +4,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, Linea
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::attention::OptAttention;
+use crate::attention::{AttentionMask, OptAttention};
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
 use crate::dropout::keyed;
@@ -45,7 +45,7 @@ impl<B: Backend> OptDecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        mask: Option<Tensor<B, 4, Bool>>,
+        mask: &AttentionMask<B>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let attn_norm = |h| layer_norm(&self.self_attn_layer_norm, h);

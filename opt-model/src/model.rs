@@ -120,7 +120,7 @@ impl<B: Backend> Opt<B> {
                 hidden_states.push(h.clone());
             }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = layer.forward(h, mask.clone(), layer_cache);
+            h = layer.forward(h, &mask, layer_cache);
         }
         if keep_hidden {
             hidden_states.push(h.clone());

@@ -126,7 +126,10 @@ pub fn score_rows<B: Backend>(
         .collect();
     let [inputs, targets] = [inputs, targets]
         .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, m]), device));
-    let (s, c) = loss::nll_sum(model.forward(inputs, None, None), targets);
+    let (hidden, _) = model.decode(inputs, None, None, false);
+    // The LM head is tied to the token embedding; its logits are made one slice at a time.
+    let weight = model.embed_tokens.weight.val();
+    let (s, c) = loss::chunked_nll_sum(weight, hidden, targets, loss::LM_HEAD_CHUNK);
     (s.into_scalar().elem(), c.into_scalar().elem())
 }
 

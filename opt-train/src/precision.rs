@@ -2,15 +2,16 @@
 //! float32 master weights and optimizer state.
 //!
 //! bf16 is mixed precision done by hand (Burn 0.21 has no autocast): each micro-batch runs the
-//! forward pass on a bf16 cast of the f32 parameters, the logits come back to f32 for the loss,
+//! forward pass on a bf16 cast of the f32 parameters, the logits come back to f32 for the loss (one slice of tokens at a time),
 //! and backward flows through the casts, so every gradient, the clipping and the AdamW update are
 //! f32 on the master weights. No loss scaling is needed (bf16 has f32's exponent range), which is
 //! why bf16, not fp16, is offered.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use opt_model::Opt;
+use opt_model::{loss, Opt};
 use serde::{Deserialize, Serialize};
 
 /// Compute precision of a training run.
@@ -42,16 +43,27 @@ impl Precision {
         }
     }
 
-    /// Float32 logits of `model` for `inputs`, computed in this precision.
-    pub fn logits<B: Backend>(self, model: &Opt<B>, inputs: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        match self {
-            Self::F32 => model.forward(inputs, None, None),
-            Self::Bf16 => model
-                .clone()
-                .map(&mut CastParams(DType::BF16))
-                .forward(inputs, None, None)
-                .cast(DType::F32),
-        }
+    /// Mean cross-entropy of `model` on `inputs` → `targets`, times `scale`, computed in this
+    /// precision; the LM head and loss run in slices of tokens with f32 logits (`chunked_cross_entropy`).
+    pub fn loss<B: AutodiffBackend>(
+        self,
+        model: &Opt<B>,
+        inputs: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+        scale: f64,
+    ) -> Tensor<B, 1> {
+        let cast;
+        let model = match self {
+            Self::F32 => model,
+            Self::Bf16 => {
+                cast = model.clone().map(&mut CastParams(DType::BF16));
+                &cast
+            }
+        };
+        let (hidden, _) = model.decode(inputs, None, None, false);
+        // The LM head is tied to the token embedding.
+        let weight = model.embed_tokens.weight.val();
+        loss::chunked_cross_entropy(weight, hidden, targets, scale, loss::LM_HEAD_CHUNK)
     }
 }
 

@@ -12,7 +12,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt_data::{Batch, BlockLoader};
-use opt_model::{dropout, loss, Opt};
+use opt_model::{dropout, Opt};
 
 use crate::bucket;
 use crate::collective::Collective;
@@ -94,6 +94,13 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             trainer.resume()?;
         }
         if trainer.seat.rank == 0 {
+            if config.model.attention_dropout > 0.0 {
+                eprintln!(
+                    "note: attention dropout {} needs the attention probabilities as a tensor: \
+                     attention runs unfused and keeps every layer's [t, t] scores for the backward",
+                    config.model.attention_dropout
+                );
+            }
             let path = out.join("metrics.jsonl");
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -232,8 +239,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     &self.device,
                 )
             });
-            let logits = config.precision.logits(self.model(), inputs);
-            let loss = loss::cross_entropy(logits, targets) / config.grad_accum as f64;
+            let scale = 1.0 / config.grad_accum as f64;
+            let loss = config.precision.loss(self.model(), inputs, targets, scale);
             let value = loss.clone().inner();
             loss_sum = Some(match loss_sum {
                 Some(sum) => sum + value,

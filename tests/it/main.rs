@@ -7,6 +7,7 @@ mod common;
 mod checkpoint;
 mod data_parallel;
 mod eval_parity;
+mod fused_equivalence;
 mod generation_parity;
 mod hf_parity;
 mod metaseq_import;

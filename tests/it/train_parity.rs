@@ -13,7 +13,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt::model::{checkpoint, loss, Opt};
-use opt::train::{clip_grad_norm, AdamWSettings, DecayRule, LrSchedule, OptAdamW};
+use opt::train::{clip_grad_norm, AdamWSettings, DecayRule, LrSchedule, OptAdamW, Precision};
 use opt::BackendTask;
 
 struct TrainParity;
@@ -42,6 +42,7 @@ fn run_variant<B: AutodiffBackend>(
     let ids = int_rows(&expected.json["inputs"]["input_ids"]);
     let (b, t) = (ids.len(), ids[0].len());
     let input = || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.concat(), [b, t]), device);
+    let shifted = |cols: std::ops::Range<usize>| input().slice([0..b, cols]);
 
     // The decay rule must put exactly the fixture's tensors in the decayed group.
     let not_decayed: Vec<String> = spec["not_decayed"]
@@ -101,8 +102,9 @@ fn run_variant<B: AutodiffBackend>(
             },
             None,
         );
-        let logits = model.forward(input(), None, None);
-        let loss = loss::causal_lm_loss(logits, input());
+        // The training path: fused attention and the chunked LM head + loss. Position t
+        // predicts token t + 1, as in HF's shifted loss; the last token is not fed.
+        let loss = Precision::F32.loss(&model, shifted(0..t - 1), shifted(1..t), 1.0);
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         let d = assert_close(
             &format!("{name} loss step {k}"),

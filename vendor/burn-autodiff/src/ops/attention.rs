@@ -1,0 +1,82 @@
+//! PATCHED (whole file, see vendor/README.md): the backward of `attention`.
+//!
+//! Upstream differentiates `attention` through `attention_fallback`, which keeps the scores and
+//! probabilities of every call ([batch, heads, seq_q, seq_k] each) until the backward. Here the
+//! forward is the inner backend's fused kernel and the backward recomputes the probabilities of
+//! one call from the saved query and key, then applies the softmax-attention gradient:
+//!   P = softmax(mask(Q Kᵗ · scale)),  dV = Pᵗ dO,  dP = dO Vᵗ,
+//!   dS = P ∘ (dP − rowsum(P ∘ dP)),   dQ = dS K · scale,  dK = dSᵗ Q · scale.
+
+use burn_backend::ops::AttentionModuleOptions;
+use burn_backend::tensor::{BoolTensor, FloatTensor};
+use burn_backend::{Backend, Shape, TensorMetadata, get_device_settings};
+
+/// Gradients of (query, key, value) for `grad` = d loss / d output. Computes exactly what
+/// `attention_fallback` computes for the probabilities (same masking and NaN-safe softmax).
+pub(crate) fn attention_backward<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    options: AttentionModuleOptions,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let head_dim = query.shape().dims::<4>()[3];
+    let scale = options
+        .scale
+        .unwrap_or_else(|| 1.0 / (head_dim as f64).sqrt());
+    let probs = probabilities::<B>(query.clone(), key.clone(), mask, options.is_causal, scale);
+
+    let grad_value = B::float_matmul(B::float_transpose(probs.clone()), grad.clone());
+    let grad_probs = B::float_matmul(grad, B::float_transpose(value));
+    let row = B::float_sum_dim(B::float_mul(probs.clone(), grad_probs.clone()), 3);
+    let grad_scores = B::float_mul(probs, B::float_sub(grad_probs, row));
+    let grad_scores = B::float_mul_scalar(grad_scores, scale.into());
+    let grad_query = B::float_matmul(grad_scores.clone(), key);
+    let grad_key = B::float_matmul(B::float_transpose(grad_scores), query);
+    [grad_query, grad_key, grad_value]
+}
+
+/// softmax(mask(Q Kᵗ · scale)) over the keys; fully masked rows give zeros.
+fn probabilities<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    is_causal: bool,
+    scale: f64,
+) -> FloatTensor<B> {
+    let scores = B::float_matmul(query, B::float_transpose(key));
+    let mut scores = B::float_mul_scalar(scores, scale.into());
+    if let Some(mask) = mask {
+        scores = B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into());
+    }
+    if is_causal {
+        let causal = causal_mask::<B>(&scores);
+        scores = B::float_mask_fill(scores, causal, f32::NEG_INFINITY.into());
+    }
+    let finfo = scores.dtype().finfo().expect("float tensor");
+    let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), finfo.min.into());
+    let numerator = B::float_exp(B::float_sub(scores, max));
+    let sum = B::float_sum_dim(numerator.clone(), 3);
+    let sum = B::float_clamp_min(sum, finfo.min_positive.into());
+    B::float_div(numerator, sum)
+}
+
+/// True above the diagonal aligned at the bottom-right corner (key > query + seq_k - seq_q).
+fn causal_mask<B: Backend>(scores: &FloatTensor<B>) -> BoolTensor<B> {
+    let device = B::float_device(scores);
+    let [batch, heads, seq_q, seq_k] = scores.shape().dims::<4>();
+    let settings = get_device_settings::<B>(&device);
+    let rows = B::int_reshape(
+        B::int_arange(0..seq_q as i64, &device, settings.int_dtype),
+        Shape::new([seq_q, 1]),
+    );
+    let cols = B::int_reshape(
+        B::int_arange(0..seq_k as i64, &device, settings.int_dtype),
+        Shape::new([1, seq_k]),
+    );
+    let rows = B::int_add_scalar(rows, (seq_k as i64 - seq_q as i64).into());
+    let mask = B::int_lower(rows, cols, settings.bool_dtype);
+    let mask = B::bool_reshape(mask, Shape::new([1, 1, seq_q, seq_k]));
+    B::bool_expand(mask, Shape::new([batch, heads, seq_q, seq_k]))
+}
