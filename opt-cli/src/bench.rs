@@ -36,7 +36,7 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// Sequences per step (one micro-batch, no accumulation).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, visible_alias = "micro-batch", default_value_t = 8)]
     pub batch: usize,
     /// Sequence length (default: the preset's).
     #[arg(long)]
@@ -55,6 +55,9 @@ pub struct BenchTrainArgs {
     /// Data-parallel workers, one micro-batch of `--batch` each per step (see `opt train --devices`).
     #[arg(long, default_value = "1")]
     pub devices: opt::DeviceSpec,
+    /// Device peak in TFLOP/s: also report MFU (6N + 12·L·d·T FLOPs per token, as `opt train`).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
     /// Print one JSON object (key `tokens_per_second`: the median over the timed steps).
     #[arg(long)]
     pub json: bool,
@@ -120,6 +123,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// This process's peak resident memory in MiB (`VmHWM`; Linux only), host memory of every
+/// backend: on CPU backends that is the tensors' memory too.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Cores this process may use.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -175,20 +187,28 @@ impl BackendTask for BenchTrain {
         let _ = std::fs::remove_dir_all(&out);
         result?;
         let tps = median(speeds.clone());
+        let mfu = a
+            .peak_tflops
+            .map(|t| tps * config.flops_per_token() / (t * 1e12));
         let setup = json!({
             "preset": p.name, "backend": a.backend, "batch": a.batch, "seq_len": p.seq_len,
             "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
             "threads": threads(), "precision": format!("{:?}", a.precision).to_lowercase(),
             "dropout": config.model.dropout, "dropout_impl": a.dropout_impl, "workers": n,
         });
+        let peak_rss = peak_rss_mib();
         if a.json {
             let mut v = setup;
             v["tokens_per_second"] = tps.into();
             v["per_step_tokens_per_second"] = speeds.into();
+            v["peak_rss_mib"] = peak_rss.into();
+            v["mfu"] = mfu.into();
             println!("{v}");
         } else {
+            let rss = peak_rss.map_or(String::new(), |m| format!(", peak RSS {m:.0} MiB"));
+            let mfu = mfu.map_or(String::new(), |m| format!(", MFU {:.2}%", 100.0 * m));
             println!(
-                "bench train {setup}\n  median {tps:.0} tokens/s over {} steps",
+                "bench train {setup}\n  median {tps:.0} tokens/s over {} steps{rss}{mfu}",
                 a.steps
             );
         }
