@@ -77,7 +77,7 @@ impl<B: Backend> OptAttention<B> {
 
     /// Whether attention dropout applies now (training with `attention_dropout` > 0): the
     /// probabilities must then exist as a tensor, so attention takes the eager path.
-    pub fn drops_probabilities(&self, device: &B::Device) -> bool {
+    fn drops_probabilities(&self, device: &B::Device) -> bool {
         B::ad_enabled(device) && self.attn_dropout.prob > 0.0
     }
 

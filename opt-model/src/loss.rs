@@ -48,9 +48,13 @@ pub fn chunked_nll_sum<B: Backend>(
     let (hidden, targets, keep) = flatten(hidden, targets);
     let mut sum = Tensor::zeros([1], &weight.device());
     for rows in slices(targets.dims()[0], chunk) {
-        let logits = head(weight.clone(), hidden.clone().slice(rows.clone()));
-        let picked = picked_log_probs(log_softmax(logits, 1), targets.clone().slice(rows.clone()));
-        sum = sum - (picked * keep.clone().slice(rows)).sum();
+        let (_, nll) = slice_nll(
+            weight.clone(),
+            hidden.clone().slice(rows.clone()),
+            targets.clone().slice(rows.clone()),
+            keep.clone().slice(rows),
+        );
+        sum = sum + nll;
     }
     (sum, keep.sum())
 }
@@ -77,10 +81,10 @@ pub fn chunked_cross_entropy<B: AutodiffBackend>(
     let mut grad_w = w.zeros_like();
     for rows in slices(targets.dims()[0], chunk) {
         let h_rows = h.clone().slice(rows.clone());
-        let log_probs = log_softmax(head(w.clone(), h_rows.clone()), 1);
         let y = targets.clone().slice(rows.clone());
-        let picked = picked_log_probs(log_probs.clone(), y.clone());
-        nll = nll - (picked * per_row.clone().slice(rows.clone())).sum();
+        let row_weights = per_row.clone().slice(rows.clone());
+        let (log_probs, slice) = slice_nll(w.clone(), h_rows.clone(), y.clone(), row_weights);
+        nll = nll + slice;
         let y = y.unsqueeze_dim::<2>(1);
         let minus_one = Tensor::full(y.dims(), -1.0, &w.device());
         let grad_logits = log_probs
@@ -108,6 +112,19 @@ fn flatten<B: Backend>(
     let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
     let safe = targets.mask_fill(keep.clone().bool_not(), 0);
     (hidden.reshape([b * t, e]), safe, keep.float())
+}
+
+/// One slice of the chunked losses: its log-probabilities [rows, vocab] under the tied head and
+/// Σ row_weight · (−log p(target)).
+fn slice_nll<B: Backend>(
+    weight: Tensor<B, 2>,
+    hidden: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    row_weights: Tensor<B, 1>,
+) -> (Tensor<B, 2>, Tensor<B, 1>) {
+    let log_probs = log_softmax(head(weight, hidden), 1);
+    let nll = -(picked_log_probs(log_probs.clone(), targets) * row_weights).sum();
+    (log_probs, nll)
 }
 
 /// Float32 logits [rows, vocab] of the tied LM head (computed in the weight's precision).

@@ -134,10 +134,15 @@ impl<B: Backend> Opt<B> {
         (h, hidden_states)
     }
 
+    /// The LM head's weight [vocab, word_embed_proj_dim]: tied to the token embedding.
+    pub fn lm_head_weight(&self) -> Tensor<B, 2> {
+        self.embed_tokens.weight.val()
+    }
+
     /// The LM head, tied to the token embedding: logits = h @ embed_tokens^T.
     pub fn lm_head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = h.dims();
-        let weight = self.embed_tokens.weight.val();
+        let weight = self.lm_head_weight();
         let vocab = weight.dims()[0];
         // A 2-D matmul against the transposed view: reshaping the transposed [d, V] weight (as an
         // unsqueeze would) copies all of it on every call (154 MB per decoded token for 125m).

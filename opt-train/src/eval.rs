@@ -127,8 +127,8 @@ pub fn score_rows<B: Backend>(
     let [inputs, targets] = [inputs, targets]
         .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, m]), device));
     let (hidden, _) = model.decode(inputs, None, None, false);
-    // The LM head is tied to the token embedding; its logits are made one slice at a time.
-    let weight = model.embed_tokens.weight.val();
+    // The logits are made one slice of tokens at a time.
+    let weight = model.lm_head_weight();
     let (s, c) = loss::chunked_nll_sum(weight, hidden, targets, loss::LM_HEAD_CHUNK);
     (s.into_scalar().elem(), c.into_scalar().elem())
 }

@@ -61,8 +61,7 @@ impl Precision {
             }
         };
         let (hidden, _) = model.decode(inputs, None, None, false);
-        // The LM head is tied to the token embedding.
-        let weight = model.embed_tokens.weight.val();
+        let weight = model.lm_head_weight();
         loss::chunked_cross_entropy(weight, hidden, targets, scale, loss::LM_HEAD_CHUNK)
     }
 }
