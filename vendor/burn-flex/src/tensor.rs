@@ -252,11 +252,45 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        // PATCHED (vendor/README.md): zeroed elements of the dtype's own width, so the buffer is
+        // aligned for it as allocated. Upstream's `Bytes::from_bytes_vec(vec![0u8; n])` had an
+        // alignment of 1, so `Bytes` re-allocated it aligned and copied it: every `empty` (each
+        // matmul output) paid a memset and a memcpy of the whole tensor.
+        let bytes = match elem_size {
+            8 => Bytes::from_elems(alloc::vec![0u64; num_elements]),
+            4 => Bytes::from_elems(alloc::vec![0u32; num_elements]),
+            2 => Bytes::from_elems(alloc::vec![0u16; num_elements]),
+            _ => Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]),
+        };
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),
             layout,
+            dtype,
+        }
+    }
+
+    /// PATCHED (vendor/README.md): a contiguous tensor whose every element the caller overwrites
+    /// before reading (a matmul output): `empty` without zeroing, for 4- and 8-byte dtypes.
+    pub(crate) fn for_overwrite(shape: Shape, dtype: DType) -> Self {
+        fn uninit<T: bytemuck::NoUninit + Send + Sync>(len: usize) -> Bytes {
+            let mut v = Vec::<T>::with_capacity(len);
+            // SAFETY: as `ops::mask::uninit_vec`; plain integers, written before they are read.
+            #[allow(clippy::uninit_vec)]
+            unsafe {
+                v.set_len(len)
+            };
+            Bytes::from_elems(v)
+        }
+        let n = shape.num_elements();
+        let bytes = match dtype_size(dtype) {
+            8 => uninit::<u64>(n),
+            4 => uninit::<u32>(n),
+            _ => return Self::empty(shape, dtype),
+        };
+        Self {
+            data: Arc::new(bytes),
+            layout: Layout::contiguous(shape),
             dtype,
         }
     }
@@ -377,6 +411,30 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if all_positive && strides[shape.len() - 1] == 1 {
+            // PATCHED (vendor/README.md): ND with a contiguous innermost dim (attention's head
+            // split and merge, [b, t, h, d] <-> [b, h, t, d]): copy whole innermost rows, walking
+            // the outer dims with an odometer, instead of one element at a time through
+            // `StridedIter`.
+            let rank = shape.len();
+            let inner = shape[rank - 1];
+            // SAFETY: capacity is n; the rows below cover every position once.
+            unsafe { dst.set_len(n) };
+            let mut index = [0usize; COLLAPSE_MAX_RANK];
+            let mut base = offset;
+            for row in dst.chunks_exact_mut(inner.max(1)) {
+                let start = base as usize;
+                row.copy_from_slice(&src[start..start + inner]);
+                for d in (0..rank - 1).rev() {
+                    index[d] += 1;
+                    base += strides[d];
+                    if index[d] < shape[d] {
+                        break;
+                    }
+                    base -= strides[d] * shape[d] as isize;
+                    index[d] = 0;
+                }
+            }
         } else {
             // General fallback: covers negative strides (flipped
             // tensors) and ND layouts that can't collapse to ≤2D.

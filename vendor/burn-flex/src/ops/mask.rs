@@ -6,6 +6,22 @@ use burn_std::{Bytes, bf16, f16};
 
 use crate::{FlexTensor, Layout};
 
+/// PATCHED: `(start, len)` of the contiguous trailing block of a layout whose leading dims all
+/// have stride 0 (a broadcast mask), in elements; `None` for any other layout.
+#[cfg(feature = "simd")]
+fn broadcast_block(layout: &Layout) -> Option<(usize, usize)> {
+    let dims = layout.shape().to_vec();
+    let strides = layout.strides();
+    let mut expected = 1isize;
+    let mut split = dims.len();
+    while split > 0 && (dims[split - 1] == 1 || strides[split - 1] == expected) {
+        expected *= dims[split - 1] as isize;
+        split -= 1;
+    }
+    let leading_broadcast = (0..split).all(|i| strides[i] == 0 || dims[i] == 1);
+    (split > 0 && leading_broadcast).then(|| (layout.start_offset(), expected as usize))
+}
+
 /// Allocate a Vec of given length without zeroing.
 /// The caller must write every element before reading.
 #[cfg(feature = "simd")]
@@ -54,10 +70,25 @@ pub fn mask_fill_f32(tensor: FlexTensor, mask: FlexTensor, value: f32) -> FlexTe
         let dtype = tensor.dtype();
         let (tensor, mask) = crate::ops::expand::broadcast_binary(tensor, mask);
         let tensor = tensor.to_contiguous();
-        let mask = mask.to_contiguous();
         let shape = tensor.layout().shape().clone();
         let len = tensor.storage::<f32>().len();
         let mut out = uninit_vec::<f32>(len);
+        // PATCHED (vendor/README.md): a mask broadcast over leading dims (a causal [t, t] mask
+        // expanded to [batch, heads, t, t]) is applied block by block instead of materialised
+        // byte by byte through the strided iterator first.
+        if let Some((start, block)) = broadcast_block(mask.layout())
+            && block > 0
+        {
+            let mask_block = &mask.bytes()[start..start + block];
+            for (src, dst) in tensor.storage::<f32>()[..len]
+                .chunks(block)
+                .zip(out.chunks_mut(block))
+            {
+                crate::simd::mask_fill_f32(src, mask_block, value, dst);
+            }
+            return FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), dtype);
+        }
+        let mask = mask.to_contiguous();
         crate::simd::mask_fill_f32(tensor.storage(), mask.bytes(), value, &mut out);
         FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), dtype)
     }

@@ -55,8 +55,8 @@ where
 /// Apply a unary operation element-wise to a tensor.
 pub fn unary_op<F32Op, F64Op>(tensor: FlexTensor, f32_op: F32Op, f64_op: F64Op) -> FlexTensor
 where
-    F32Op: Fn(f32) -> f32 + Copy,
-    F64Op: Fn(f64) -> f64 + Copy,
+    F32Op: Fn(f32) -> f32 + Copy + Send + Sync,
+    F64Op: Fn(f64) -> f64 + Copy + Send + Sync,
 {
     let dtype = tensor.dtype();
 
@@ -69,11 +69,39 @@ where
     }
 }
 
+/// PATCHED (vendor/README.md): elements at or above this count are mapped on the rayon pool in
+/// chunks of this size (upstream mapped every tensor on the calling thread; `exp` of a softmax's
+/// scores or of an LM head's logits then ran on one core while the others waited).
+#[cfg(feature = "rayon")]
+pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
+
+/// PATCHED: `x = op(x)` for every element, on the rayon pool for large slices.
+pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(xs: &mut [E], op: &Op) {
+    #[cfg(feature = "rayon")]
+    if xs.len() >= PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        xs.par_chunks_mut(PARALLEL_CHUNK)
+            .for_each(|chunk| chunk.iter_mut().for_each(|x| *x = op(*x)));
+        return;
+    }
+    xs.iter_mut().for_each(|x| *x = op(*x));
+}
+
+/// PATCHED: `op` of every element into a new vector, on the rayon pool for large slices.
+pub(crate) fn map_to_vec<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(xs: &[E], op: &Op) -> Vec<E> {
+    #[cfg(feature = "rayon")]
+    if xs.len() >= PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        return xs.par_iter().with_min_len(PARALLEL_CHUNK).map(|&x| op(x)).collect();
+    }
+    xs.iter().map(|&x| op(x)).collect()
+}
+
 /// Generic unary operation for any element type.
 fn unary_op_typed<E, Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
 where
     E: burn_backend::Element + bytemuck::Pod,
-    Op: Fn(E) -> E,
+    Op: Fn(E) -> E + Send + Sync,
 {
     let n = tensor.layout().num_elements();
 
@@ -81,9 +109,7 @@ where
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..n].iter_mut() {
-            *x = op(*x);
-        }
+        map_in_place(&mut storage[..n], &op);
         return tensor;
     }
 
@@ -98,8 +124,7 @@ where
     // Iterate in storage order (contiguous) and preserve original layout.
     // Only valid when all strides are positive.
     if !has_negative_strides && layout.start_offset() == 0 && src.len() == n {
-        let result: Vec<E> = src.iter().map(|&x| op(x)).collect();
-        let bytes = Bytes::from_elems(result);
+        let bytes = Bytes::from_elems(map_to_vec(src, &op));
         return FlexTensor::new(bytes, layout, E::dtype());
     }
 
