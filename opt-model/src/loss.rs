@@ -48,21 +48,22 @@ pub fn chunked_nll_sum<B: Backend>(
     let (hidden, targets, keep) = flatten(hidden, targets);
     let mut sum = Tensor::zeros([1], &weight.device());
     for rows in slices(targets.dims()[0], chunk) {
-        let (_, nll) = slice_nll(
+        let slice = SoftmaxSlice::new(
             weight.clone(),
             hidden.clone().slice(rows.clone()),
             targets.clone().slice(rows.clone()),
-            keep.clone().slice(rows),
         );
-        sum = sum + nll;
+        sum = sum + slice.nll(keep.clone().slice(rows));
     }
     (sum, keep.sum())
 }
 
 /// `cross_entropy(hidden @ weightᵀ, targets) * scale` for training, equal in value and gradients,
-/// `chunk` tokens at a time: each slice's logits gradient (softmax − one-hot) is formed at once
-/// and folded into the gradients of `hidden` and `weight`, so neither the logits nor their
-/// gradient ever exist whole. Autodiff receives those gradients through a surrogate term
+/// `chunk` tokens at a time, so neither the logits nor their gradient ever exist whole. The
+/// logits gradient of a kept row is (softmax − one-hot) · scale / count: each slice's softmax
+/// part is folded into the gradients of `hidden` and `weight` at once, and the one-hot part of
+/// all rows at the end, as a gather and a scatter-add of [rows, e] (never [rows, vocab]).
+/// Autodiff receives those gradients through a surrogate term
 /// `Σ hidden·g_hidden + Σ weight·g_weight` whose value is cancelled.
 pub fn chunked_cross_entropy<B: AutodiffBackend>(
     weight: Tensor<B, 2>,
@@ -74,29 +75,24 @@ pub fn chunked_cross_entropy<B: AutodiffBackend>(
     let dims = hidden.dims();
     let (w, h) = (weight.clone().inner(), hidden.clone().inner());
     let (h, targets, keep) = flatten(h, targets.inner());
-    // d loss / d logits of a kept row: (softmax − one-hot) · scale / count.
-    let per_row = keep.clone() * (keep.clone().sum().clamp_min(1.0).recip() * scale);
+    let per_row = keep.clone() * (keep.sum().clamp_min(1.0).recip() * scale);
     let mut nll = Tensor::zeros([1], &w.device());
     let mut grad_h = Vec::new();
     let mut grad_w = w.zeros_like();
     for rows in slices(targets.dims()[0], chunk) {
         let h_rows = h.clone().slice(rows.clone());
-        let y = targets.clone().slice(rows.clone());
         let row_weights = per_row.clone().slice(rows.clone());
-        let (log_probs, slice) = slice_nll(w.clone(), h_rows.clone(), y.clone(), row_weights);
-        nll = nll + slice;
-        let y = y.unsqueeze_dim::<2>(1);
-        let minus_one = Tensor::full(y.dims(), -1.0, &w.device());
-        let grad_logits = log_probs
-            .exp()
-            .scatter(1, y, minus_one, IndexingUpdateOp::Add)
-            * per_row.clone().slice(rows).unsqueeze_dim(1);
-        let grad_logits = grad_logits.cast(h_rows.dtype());
+        let slice = SoftmaxSlice::new(w.clone(), h_rows.clone(), targets.clone().slice(rows));
+        nll = nll + slice.nll(row_weights.clone());
+        let grad_logits = slice.softmax_times(row_weights).cast(h_rows.dtype());
         grad_h.push(grad_logits.clone().matmul(w.clone()));
         grad_w = grad_w + grad_logits.transpose().matmul(h_rows);
     }
-    let grad_h = Tensor::cat(grad_h, 0).reshape(dims);
-    let surrogate = ((hidden * Tensor::from_inner(grad_h)).sum()
+    // The one-hot part: − row weight at each row's target logit.
+    let per_row = per_row.unsqueeze_dim::<2>(1).cast(h.dtype());
+    let grad_h = Tensor::cat(grad_h, 0) - w.select(0, targets.clone()) * per_row.clone();
+    let grad_w = grad_w.select_assign(0, targets, -(h * per_row), IndexingUpdateOp::Add);
+    let surrogate = ((hidden * Tensor::from_inner(grad_h.reshape(dims))).sum()
         + (weight * Tensor::from_inner(grad_w)).sum())
     .cast(DType::F32);
     surrogate.clone() - surrogate.detach() + Tensor::from_inner(nll)
@@ -114,17 +110,36 @@ fn flatten<B: Backend>(
     (hidden.reshape([b * t, e]), safe, keep.float())
 }
 
-/// One slice of the chunked losses: its log-probabilities [rows, vocab] under the tied head and
-/// Σ row_weight · (−log p(target)).
-fn slice_nll<B: Backend>(
-    weight: Tensor<B, 2>,
-    hidden: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-    row_weights: Tensor<B, 1>,
-) -> (Tensor<B, 2>, Tensor<B, 1>) {
-    let log_probs = log_softmax(head(weight, hidden), 1);
-    let nll = -(picked_log_probs(log_probs.clone(), targets) * row_weights).sum();
-    (log_probs, nll)
+/// One slice of the chunked losses under the tied head, as log-softmax's parts: with logits z
+/// and m = max z, `exp` = e^(z − m) [rows, vocab], `sum` = Σ exp [rows, 1] and `picked` =
+/// z[target] − m [rows, 1], so −log p(target) = ln sum − picked. Three passes over the logits
+/// (shift, exp, sum) where `log_softmax` and a second `exp` took about eight.
+struct SoftmaxSlice<B: Backend> {
+    exp: Tensor<B, 2>,
+    sum: Tensor<B, 2>,
+    picked: Tensor<B, 2>,
+}
+
+impl<B: Backend> SoftmaxSlice<B> {
+    fn new(weight: Tensor<B, 2>, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Self {
+        let logits = head(weight, hidden);
+        let shifted = logits.clone() - logits.max_dim(1);
+        let picked = shifted.clone().gather(1, targets.unsqueeze_dim(1));
+        let exp = shifted.exp();
+        let sum = exp.clone().sum_dim(1);
+        Self { exp, sum, picked }
+    }
+
+    /// Σ row_weight · (−log p(target)).
+    fn nll(&self, row_weights: Tensor<B, 1>) -> Tensor<B, 1> {
+        let nll = self.sum.clone().log() - self.picked.clone();
+        (nll.squeeze_dim::<1>(1) * row_weights).sum()
+    }
+
+    /// softmax · row_weight [rows, vocab], computed in place of `exp`.
+    fn softmax_times(self, row_weights: Tensor<B, 1>) -> Tensor<B, 2> {
+        self.exp * (row_weights.unsqueeze_dim(1) / self.sum)
+    }
 }
 
 /// Float32 logits [rows, vocab] of the tied LM head (computed in the weight's precision).
