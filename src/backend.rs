@@ -72,11 +72,16 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
     match kind {
         #[cfg(feature = "flex")]
         BackendKind::Flex => {
-            Ok(task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default()))
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            // On CPU backends the host is the device: draw dropout masks with the host hash.
+            crate::model::dropout::use_host_masks::<B>();
+            Ok(task.run::<B>(Default::default()))
         }
         #[cfg(feature = "ndarray")]
         BackendKind::NdArray => {
-            Ok(task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()))
+            type B = burn::backend::Autodiff<burn::backend::NdArray>;
+            crate::model::dropout::use_host_masks::<B>();
+            Ok(task.run::<B>(Default::default()))
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {

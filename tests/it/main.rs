@@ -6,6 +6,7 @@ mod common;
 
 mod checkpoint;
 mod data_parallel;
+mod dropout_masks;
 mod eval_parity;
 mod fused_equivalence;
 mod generation_parity;
