@@ -336,34 +336,32 @@ where
         val_dim,
     };
 
-    // Allocate scratch buffers once and reuse across all (batch, head) pairs
-    let mut scratch = ScratchBuffers {
+    // Scratch buffers reused across the (batch, head) pairs of one task.
+    let scratch = || ScratchBuffers {
         row_max: vec![T::neg_infinity(); seq_q],
         row_sum: vec![T::zero(); seq_q],
         scores: vec![T::zero(); seq_q * TILE_KV],
     };
+    let _ = o_batch_stride;
 
-    for b in 0..batch {
-        for h in 0..heads {
-            let q_off = b * q_batch_stride + h * q_head_stride;
-            let k_off = b * k_batch_stride + h * k_head_stride;
-            let v_off = b * v_batch_stride + h * v_head_stride;
-            let o_off = b * o_batch_stride + h * o_head_stride;
-            let mask_off = b * mask_batch_step + h * mask_head_step;
-            let bias_off = b * bias_batch_step + h * bias_head_step;
+    for_each_head(&mut output, o_head_stride, heads, scratch, |b, h, out, scratch| {
+        let q_off = b * q_batch_stride + h * q_head_stride;
+        let k_off = b * k_batch_stride + h * k_head_stride;
+        let v_off = b * v_batch_stride + h * v_head_stride;
+        let mask_off = b * mask_batch_step + h * mask_head_step;
+        let bias_off = b * bias_batch_step + h * bias_head_step;
 
-            flash_attention_head(
-                &q_data[q_off..q_off + q_head_stride],
-                &k_data[k_off..k_off + k_head_stride],
-                &v_data[v_off..v_off + v_head_stride],
-                &mut output[o_off..o_off + o_head_stride],
-                mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
-                bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
-                &params,
-                &mut scratch,
-            );
-        }
-    }
+        flash_attention_head(
+            &q_data[q_off..q_off + q_head_stride],
+            &k_data[k_off..k_off + k_head_stride],
+            &v_data[v_off..v_off + v_head_stride],
+            out,
+            mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
+            bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
+            &params,
+            scratch,
+        );
+    });
 
     let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
     FlexTensor::new(
@@ -373,11 +371,41 @@ where
     )
 }
 
+/// PATCHED (vendor/README.md): `f(batch, head, output of that pair, scratch)` for every
+/// (batch, head) pair, the pairs spread over the rayon pool with one scratch per task (upstream
+/// looped over them on the calling thread).
+fn for_each_head<T: Send, S>(
+    output: &mut [T],
+    head_len: usize,
+    heads: usize,
+    scratch: impl Fn() -> S + Send + Sync,
+    f: impl Fn(usize, usize, &mut [T], &mut S) + Send + Sync,
+) {
+    if head_len == 0 || heads == 0 {
+        return;
+    }
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        output
+            .par_chunks_mut(head_len)
+            .enumerate()
+            .for_each_init(scratch, |s, (bh, out)| f(bh / heads, bh % heads, out, s));
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut s = scratch();
+        for (bh, out) in output.chunks_mut(head_len).enumerate() {
+            f(bh / heads, bh % heads, out, &mut s);
+        }
+    }
+}
+
 /// Gemm dispatch for flash attention block matmuls.
 ///
 /// Wraps `gemm::gemm` for f32 and f64 so `flash_attention_head` stays generic.
 /// Convention: dst = alpha * dst + beta * (lhs @ rhs)
-trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign {
+trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign + Send + Sync {
     /// Block matrix multiply used for score and value matmuls.
     ///
     /// # Safety
@@ -751,7 +779,7 @@ where
         .unwrap_or((0, 0));
 
     let mut output = vec![T::zero(); batch * heads * seq_q * val_dim];
-    let mut scores = vec![T::zero(); seq_q * seq_kv];
+    let scores = || vec![T::zero(); seq_q * seq_kv];
 
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
@@ -773,29 +801,27 @@ where
         val_dim,
     };
 
-    for b in 0..batch {
-        for h in 0..heads {
-            let q_off = b * q_batch_stride + h * q_head_stride;
-            let k_off = b * k_batch_stride + h * k_head_stride;
-            let v_off = b * v_batch_stride + h * v_head_stride;
-            let o_off = b * o_batch_stride + h * o_head_stride;
-            let mask_off = b * mask_batch_step + h * mask_head_step;
-            let bias_off = b * bias_batch_step + h * bias_head_step;
+    let _ = o_batch_stride;
+    for_each_head(&mut output, o_head_stride, heads, scores, |b, h, out, scores| {
+        let q_off = b * q_batch_stride + h * q_head_stride;
+        let k_off = b * k_batch_stride + h * k_head_stride;
+        let v_off = b * v_batch_stride + h * v_head_stride;
+        let mask_off = b * mask_batch_step + h * mask_head_step;
+        let bias_off = b * bias_batch_step + h * bias_head_step;
 
-            naive_attention_head(
-                &q_data[q_off..q_off + q_head_stride],
-                &k_data[k_off..k_off + k_head_stride],
-                &v_data[v_off..v_off + v_head_stride],
-                &mut output[o_off..o_off + o_head_stride],
-                &mut scores,
-                &params,
-                (
-                    mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
-                    bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
-                ),
-            );
-        }
-    }
+        naive_attention_head(
+            &q_data[q_off..q_off + q_head_stride],
+            &k_data[k_off..k_off + k_head_stride],
+            &v_data[v_off..v_off + v_head_stride],
+            out,
+            scores,
+            &params,
+            (
+                mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
+                bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
+            ),
+        );
+    });
 
     let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
     FlexTensor::new(
