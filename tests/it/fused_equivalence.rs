@@ -52,6 +52,8 @@ impl BackendTask for Attention {
             (2, 2, 6, 6, 4, true, true),
             // Fewer queries than keys: causal aligned at the bottom-right corner.
             (1, 2, 3, 8, 4, true, false),
+            // Longer than one block of the causal backward (256 query rows): 3 uneven blocks.
+            (1, 2, 600, 600, 8, true, false),
         ];
         for (b, h, tq, tk, d, is_causal, padded) in cases {
             let name =

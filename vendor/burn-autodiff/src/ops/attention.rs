@@ -9,7 +9,7 @@
 
 use burn_backend::ops::AttentionModuleOptions;
 use burn_backend::tensor::{BoolTensor, FloatTensor};
-use burn_backend::{Backend, Shape, TensorMetadata, get_device_settings};
+use burn_backend::{Backend, Shape, Slice, TensorMetadata, get_device_settings};
 
 /// Gradients of (query, key, value) for `grad` = d loss / d output. Computes exactly what
 /// `attention_fallback` computes for the probabilities (same masking and NaN-safe softmax).
@@ -21,11 +21,70 @@ pub(crate) fn attention_backward<B: Backend>(
     options: AttentionModuleOptions,
     grad: FloatTensor<B>,
 ) -> [FloatTensor<B>; 3] {
-    let head_dim = query.shape().dims::<4>()[3];
+    let [_, _, seq_q, head_dim] = query.shape().dims::<4>();
+    let seq_k = key.shape().dims::<4>()[2];
     let scale = options
         .scale
         .unwrap_or_else(|| 1.0 / (head_dim as f64).sqrt());
-    let probs = probabilities::<B>(query.clone(), key.clone(), mask, options.is_causal, scale);
+    if options.is_causal && mask.is_none() && seq_q == seq_k && seq_q > CAUSAL_BLOCK {
+        return causal_blocks_backward::<B>(query, key, value, scale, grad);
+    }
+    block_backward::<B>(query, key, value, mask, options.is_causal, scale, grad)
+}
+
+/// Query rows per block of the causal backward.
+const CAUSAL_BLOCK: usize = 256;
+
+/// The causal backward one block of `CAUSAL_BLOCK` query rows at a time: rows [q0, q1) attend
+/// to keys [0, q1) only (the later keys are masked, their probabilities 0), so each block
+/// recomputes [b, h, rows, q1] probabilities instead of [b, h, rows, seq]. At seq 2048 that is
+/// 56% of the work and memory traffic of the whole square, and a block's tensors stay in cache.
+/// The blocks' key and value gradients are summed into the prefix they touched.
+fn causal_blocks_backward<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    scale: f64,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let [batch, heads, seq, _] = query.shape().dims::<4>();
+    let rows = |r: core::ops::Range<usize>| [Slice::from(0..batch), Slice::from(0..heads), r.into()];
+    let mut grad_query = Vec::new();
+    let mut grad_key = B::float_zeros(key.shape(), &B::float_device(&key), key.dtype().into());
+    let mut grad_value = B::float_zeros(value.shape(), &B::float_device(&value), value.dtype().into());
+    for q0 in (0..seq).step_by(CAUSAL_BLOCK) {
+        let q1 = (q0 + CAUSAL_BLOCK).min(seq);
+        let prefix = rows(0..q1);
+        // Bottom-right-aligned causal mask of [q1 - q0, q1] = global key > global query.
+        let [dq, dk, dv] = block_backward::<B>(
+            B::float_slice(query.clone(), &rows(q0..q1)),
+            B::float_slice(key.clone(), &prefix),
+            B::float_slice(value.clone(), &prefix),
+            None,
+            true,
+            scale,
+            B::float_slice(grad.clone(), &rows(q0..q1)),
+        );
+        grad_query.push(dq);
+        let dk = B::float_add(B::float_slice(grad_key.clone(), &prefix), dk);
+        grad_key = B::float_slice_assign(grad_key, &prefix, dk);
+        let dv = B::float_add(B::float_slice(grad_value.clone(), &prefix), dv);
+        grad_value = B::float_slice_assign(grad_value, &prefix, dv);
+    }
+    [B::float_cat(grad_query, 2), grad_key, grad_value]
+}
+
+/// The softmax-attention gradient of one block of queries against its keys (module formulas).
+fn block_backward<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    is_causal: bool,
+    scale: f64,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let probs = probabilities::<B>(query.clone(), key.clone(), mask, is_causal, scale);
 
     let grad_value = B::float_matmul(B::float_transpose(probs.clone()), grad.clone());
     let grad_probs = B::float_matmul(grad, B::float_transpose(value));
