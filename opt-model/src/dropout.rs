@@ -111,7 +111,11 @@ pub fn host_mask<B: Backend, const D: usize>(
     let values: Vec<f32> = (0..shape.num_elements() as u64)
         .map(|i| {
             let bits = mix(key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 32;
-            if bits < threshold { scale } else { 0.0 }
+            if bits < threshold {
+                scale
+            } else {
+                0.0
+            }
         })
         .collect();
     Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)

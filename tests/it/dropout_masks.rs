@@ -32,20 +32,36 @@ impl BackendTask for HostMasks {
         for keep in [0.9, 0.5, 0.25] {
             let a = mask::<B>(0x1234_5678, keep, &device);
             let scale = (1.0 / keep) as f32;
-            assert!(a.iter().all(|&v| v == 0.0 || v == scale), "values 0 or 1/keep");
+            assert!(
+                a.iter().all(|&v| v == 0.0 || v == scale),
+                "values 0 or 1/keep"
+            );
             let kept: Vec<bool> = a.iter().map(|&v| v != 0.0).collect();
             let count = kept.iter().filter(|&&k| k).count();
             let s = sigmas(count, N, keep);
-            assert!(s < 5.0, "keep {keep}: kept fraction {count}/{N} is {s:.1} sigma off");
+            assert!(
+                s < 5.0,
+                "keep {keep}: kept fraction {count}/{N} is {s:.1} sigma off"
+            );
             let pairs = kept.windows(2).filter(|w| w[0] && w[1]).count();
             let s = sigmas(pairs, N - 1, keep * keep);
-            assert!(s < 5.0, "keep {keep}: neighbours kept together {s:.1} sigma off keep²");
+            assert!(
+                s < 5.0,
+                "keep {keep}: neighbours kept together {s:.1} sigma off keep²"
+            );
 
-            assert_eq!(a, mask::<B>(0x1234_5678, keep, &device), "same key, same mask");
+            assert_eq!(
+                a,
+                mask::<B>(0x1234_5678, keep, &device),
+                "same key, same mask"
+            );
             let b = mask::<B>(0x1234_5679, keep, &device);
             let both = a.iter().zip(&b).filter(|(x, y)| **x != 0.0 && **y != 0.0);
             let s = sigmas(both.count(), N, keep * keep);
-            assert!(s < 5.0, "keep {keep}: masks of keys k and k+1 correlate ({s:.1} sigma)");
+            assert!(
+                s < 5.0,
+                "keep {keep}: masks of keys k and k+1 correlate ({s:.1} sigma)"
+            );
         }
     }
 }
