@@ -87,6 +87,12 @@ pub struct BenchGenerateArgs {
 
 /// `opt bench ...`
 pub fn run(command: BenchCommand) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this `opt` is a dev build, which trains about half as fast on CPU; \
+             measure with `cargo run --release -p opt-cli -- bench ...`"
+        );
+    }
     match command {
         BenchCommand::Train(a) => {
             opt::backend::run(a.backend.parse::<BackendKind>()?, BenchTrain(a))?
