@@ -88,9 +88,17 @@ fn main() -> Result<()> {
 /// while it issues ops, would take turns with it on the cores (about 200,000 involuntary context
 /// switches in 40 training steps of cpu-small). On a pool thread the command issues the ops and
 /// works on their parallel parts itself.
+///
+/// The pool keeps at least two threads: a data-parallel worker on the pool thread blocks in its
+/// all-reduce while the other workers still need a free pool thread for their ops.
 fn on_rayon_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // The main thread's stack size, for the command's deep call chains (autodiff, the loader).
     let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(2))
         .stack_size(8 << 20)
         .build_global();
     rayon::scope(|_| f())
