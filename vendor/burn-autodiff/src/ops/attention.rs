@@ -75,6 +75,8 @@ fn causal_blocks_backward<B: Backend>(
 }
 
 /// The softmax-attention gradient of one block of queries against its keys (module formulas).
+/// The scale is applied to the [.., t, head_dim] query and key, not to the [.., t, t] scores and
+/// their gradient: dQ = dS (K · scale), dK = dSᵗ (Q · scale).
 fn block_backward<B: Backend>(
     query: FloatTensor<B>,
     key: FloatTensor<B>,
@@ -84,28 +86,27 @@ fn block_backward<B: Backend>(
     scale: f64,
     grad: FloatTensor<B>,
 ) -> [FloatTensor<B>; 3] {
-    let probs = probabilities::<B>(query.clone(), key.clone(), mask, is_causal, scale);
+    let query = B::float_mul_scalar(query, scale.into());
+    let probs = probabilities::<B>(query.clone(), key.clone(), mask, is_causal);
 
     let grad_value = B::float_matmul(B::float_transpose(probs.clone()), grad.clone());
     let grad_probs = B::float_matmul(grad, B::float_transpose(value));
     let row = B::float_sum_dim(B::float_mul(probs.clone(), grad_probs.clone()), 3);
     let grad_scores = B::float_mul(probs, B::float_sub(grad_probs, row));
-    let grad_scores = B::float_mul_scalar(grad_scores, scale.into());
+    let key = B::float_mul_scalar(key, scale.into());
     let grad_query = B::float_matmul(grad_scores.clone(), key);
     let grad_key = B::float_matmul(B::float_transpose(grad_scores), query);
     [grad_query, grad_key, grad_value]
 }
 
-/// softmax(mask(Q Kᵗ · scale)) over the keys; fully masked rows give zeros.
+/// softmax(mask(Q Kᵗ)) over the keys, for a query already scaled; fully masked rows give zeros.
 fn probabilities<B: Backend>(
     query: FloatTensor<B>,
     key: FloatTensor<B>,
     mask: Option<BoolTensor<B>>,
     is_causal: bool,
-    scale: f64,
 ) -> FloatTensor<B> {
-    let scores = B::float_matmul(query, B::float_transpose(key));
-    let mut scores = B::float_mul_scalar(scores, scale.into());
+    let mut scores = B::float_matmul(query, B::float_transpose(key));
     if let Some(mask) = mask {
         scores = B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into());
     }

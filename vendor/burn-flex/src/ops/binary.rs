@@ -35,8 +35,8 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Send + Sync,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Send + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
 
@@ -67,7 +67,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Send + Sync,
 {
     // Permuted lhs + broadcast rhs (e.g. `x.permute(...) - mean`):
     // the generic path would walk the permuted lhs with a scalar
@@ -284,6 +284,60 @@ fn run_broadcast_pattern_f32(
     simd_op: BinaryOp,
     pattern: BroadcastView,
 ) {
+    // PATCHED (vendor/README.md): large tensors in whole-row chunks on the rayon pool.
+    #[cfg(feature = "rayon")]
+    {
+        let (BroadcastView::SharedRow {
+            outer_count,
+            row_len,
+            ..
+        }
+        | BroadcastView::PerRowScalar {
+            outer_count,
+            row_len,
+            ..
+        }) = pattern;
+        let total = outer_count * row_len;
+        if total >= crate::ops::unary::PARALLEL_CHUNK && outer_count > 1 && row_len > 0 {
+            use rayon::prelude::*;
+            let rows = (crate::ops::unary::PARALLEL_CHUNK / row_len).max(1);
+            dst[..total]
+                .par_chunks_mut(rows * row_len)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let outer_count = chunk.len() / row_len;
+                    let part = match pattern {
+                        BroadcastView::SharedRow { rhs_row_offset, .. } => {
+                            BroadcastView::SharedRow {
+                                outer_count,
+                                row_len,
+                                rhs_row_offset,
+                            }
+                        }
+                        BroadcastView::PerRowScalar {
+                            rhs_scalar_base, ..
+                        } => BroadcastView::PerRowScalar {
+                            outer_count,
+                            row_len,
+                            rhs_scalar_base: rhs_scalar_base + i * rows,
+                        },
+                    };
+                    run_broadcast_rows_f32(chunk, rhs_storage, simd_op, part);
+                });
+            return;
+        }
+    }
+    run_broadcast_rows_f32(dst, rhs_storage, simd_op, pattern)
+}
+
+/// The broadcast pattern over `dst`'s rows on the calling thread (upstream's kernel).
+#[cfg(feature = "simd")]
+fn run_broadcast_rows_f32(
+    dst: &mut [f32],
+    rhs_storage: &[f32],
+    simd_op: BinaryOp,
+    pattern: BroadcastView,
+) {
     match pattern {
         BroadcastView::SharedRow {
             outer_count,
@@ -358,7 +412,7 @@ where
 pub(crate) fn binary_op_typed<E, Op>(mut lhs: FlexTensor, rhs: &FlexTensor, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Send + Sync,
 {
     let rhs_storage: &[E] = rhs.storage();
 
@@ -371,9 +425,23 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
+        let kernel = |l: &mut [E], r: &[E]| {
+            for (l, &r) in l.iter_mut().zip(r) {
+                *l = op(*l, r);
+            }
+        };
+        // PATCHED (vendor/README.md): large tensors in chunks on the rayon pool.
+        #[cfg(feature = "rayon")]
+        if l_end >= crate::ops::unary::PARALLEL_CHUNK && r_slice.len() == l_end {
+            use rayon::prelude::*;
+            let chunk = crate::ops::unary::PARALLEL_CHUNK;
+            lhs_storage[..l_end]
+                .par_chunks_mut(chunk)
+                .zip(r_slice.par_chunks(chunk))
+                .for_each(|(l, r)| kernel(l, r));
+            return lhs;
         }
+        kernel(&mut lhs_storage[..l_end], r_slice);
         return lhs;
     }
 
@@ -498,6 +566,17 @@ where
         return tensor;
     }
 
+    // PATCHED (vendor/README.md): a strided tensor with a contiguous innermost dim (attention's
+    // head-split query) is copied row by row, then mapped in place, instead of walked element by
+    // element through `StridedIter`.
+    let strides = tensor.layout().strides();
+    if tensor.layout().contiguous_offsets().is_none()
+        && strides.last() == Some(&1)
+        && strides.iter().all(|&s| s >= 0)
+    {
+        return scalar_op_typed(tensor.to_contiguous(), scalar, op);
+    }
+
     // Allocating path
     let shape = tensor.layout().shape().clone();
     let dtype = tensor.dtype();
@@ -531,7 +610,7 @@ fn make_tensor<E: bytemuck::Pod + Send + Sync>(
 /// Supports all integer dtypes: I64, I32, I16, I8, U64, U32, U16, U8.
 pub fn int_binary_op<Op>(lhs: FlexTensor, rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Send + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "int_binary_op: dtype mismatch");
 
