@@ -273,19 +273,11 @@ impl FlexTensor {
     /// PATCHED (vendor/README.md): a contiguous tensor whose every element the caller overwrites
     /// before reading (a matmul output): `empty` without zeroing, for 4- and 8-byte dtypes.
     pub(crate) fn for_overwrite(shape: Shape, dtype: DType) -> Self {
-        fn uninit<T: bytemuck::NoUninit + Send + Sync>(len: usize) -> Bytes {
-            let mut v = Vec::<T>::with_capacity(len);
-            // SAFETY: as `ops::mask::uninit_vec`; plain integers, written before they are read.
-            #[allow(clippy::uninit_vec)]
-            unsafe {
-                v.set_len(len)
-            };
-            Bytes::from_elems(v)
-        }
+        use crate::ops::mask::uninit_vec;
         let n = shape.num_elements();
         let bytes = match dtype_size(dtype) {
-            8 => uninit::<u64>(n),
-            4 => uninit::<u32>(n),
+            8 => Bytes::from_elems(uninit_vec::<u64>(n)),
+            4 => Bytes::from_elems(uninit_vec::<u32>(n)),
             _ => return Self::empty(shape, dtype),
         };
         Self {

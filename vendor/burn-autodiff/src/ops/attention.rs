@@ -48,10 +48,15 @@ fn causal_blocks_backward<B: Backend>(
     grad: FloatTensor<B>,
 ) -> [FloatTensor<B>; 3] {
     let [batch, heads, seq, _] = query.shape().dims::<4>();
-    let rows = |r: core::ops::Range<usize>| [Slice::from(0..batch), Slice::from(0..heads), r.into()];
+    let rows =
+        |r: core::ops::Range<usize>| [Slice::from(0..batch), Slice::from(0..heads), r.into()];
     let mut grad_query = Vec::new();
     let mut grad_key = B::float_zeros(key.shape(), &B::float_device(&key), key.dtype().into());
-    let mut grad_value = B::float_zeros(value.shape(), &B::float_device(&value), value.dtype().into());
+    let mut grad_value = B::float_zeros(
+        value.shape(),
+        &B::float_device(&value),
+        value.dtype().into(),
+    );
     for q0 in (0..seq).step_by(CAUSAL_BLOCK) {
         let q1 = (q0 + CAUSAL_BLOCK).min(seq);
         let prefix = rows(0..q1);
@@ -66,12 +71,20 @@ fn causal_blocks_backward<B: Backend>(
             B::float_slice(grad.clone(), &rows(q0..q1)),
         );
         grad_query.push(dq);
-        let dk = B::float_add(B::float_slice(grad_key.clone(), &prefix), dk);
-        grad_key = B::float_slice_assign(grad_key, &prefix, dk);
-        let dv = B::float_add(B::float_slice(grad_value.clone(), &prefix), dv);
-        grad_value = B::float_slice_assign(grad_value, &prefix, dv);
+        grad_key = add_into::<B>(grad_key, &prefix, dk);
+        grad_value = add_into::<B>(grad_value, &prefix, dv);
     }
     [B::float_cat(grad_query, 2), grad_key, grad_value]
+}
+
+/// `total[slices] += part`.
+fn add_into<B: Backend>(
+    total: FloatTensor<B>,
+    slices: &[Slice],
+    part: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let sum = B::float_add(B::float_slice(total.clone(), slices), part);
+    B::float_slice_assign(total, slices, sum)
 }
 
 /// The softmax-attention gradient of one block of queries against its keys (module formulas).

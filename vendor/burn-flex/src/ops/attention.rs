@@ -323,7 +323,6 @@ where
     let v_head_stride = seq_kv * val_dim;
     let v_batch_stride = heads * v_head_stride;
     let o_head_stride = seq_q * val_dim;
-    let o_batch_stride = heads * o_head_stride;
     let mask_tile_len = seq_q * seq_kv;
 
     let params = AttentionParams {
@@ -342,26 +341,31 @@ where
         row_sum: vec![T::zero(); seq_q],
         scores: vec![T::zero(); seq_q * TILE_KV],
     };
-    let _ = o_batch_stride;
 
-    for_each_head(&mut output, o_head_stride, heads, scratch, |b, h, out, scratch| {
-        let q_off = b * q_batch_stride + h * q_head_stride;
-        let k_off = b * k_batch_stride + h * k_head_stride;
-        let v_off = b * v_batch_stride + h * v_head_stride;
-        let mask_off = b * mask_batch_step + h * mask_head_step;
-        let bias_off = b * bias_batch_step + h * bias_head_step;
+    for_each_head(
+        &mut output,
+        o_head_stride,
+        heads,
+        scratch,
+        |b, h, out, scratch| {
+            let q_off = b * q_batch_stride + h * q_head_stride;
+            let k_off = b * k_batch_stride + h * k_head_stride;
+            let v_off = b * v_batch_stride + h * v_head_stride;
+            let mask_off = b * mask_batch_step + h * mask_head_step;
+            let bias_off = b * bias_batch_step + h * bias_head_step;
 
-        flash_attention_head(
-            &q_data[q_off..q_off + q_head_stride],
-            &k_data[k_off..k_off + k_head_stride],
-            &v_data[v_off..v_off + v_head_stride],
-            out,
-            mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
-            bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
-            &params,
-            scratch,
-        );
-    });
+            flash_attention_head(
+                &q_data[q_off..q_off + q_head_stride],
+                &k_data[k_off..k_off + k_head_stride],
+                &v_data[v_off..v_off + v_head_stride],
+                out,
+                mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
+                bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
+                &params,
+                scratch,
+            );
+        },
+    );
 
     let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
     FlexTensor::new(
@@ -788,7 +792,6 @@ where
     let v_head_stride = seq_kv * val_dim;
     let v_batch_stride = heads * v_head_stride;
     let o_head_stride = seq_q * val_dim;
-    let o_batch_stride = heads * o_head_stride;
     let mask_tile_len = seq_q * seq_kv;
 
     let params = AttentionParams {
@@ -801,27 +804,32 @@ where
         val_dim,
     };
 
-    let _ = o_batch_stride;
-    for_each_head(&mut output, o_head_stride, heads, scores, |b, h, out, scores| {
-        let q_off = b * q_batch_stride + h * q_head_stride;
-        let k_off = b * k_batch_stride + h * k_head_stride;
-        let v_off = b * v_batch_stride + h * v_head_stride;
-        let mask_off = b * mask_batch_step + h * mask_head_step;
-        let bias_off = b * bias_batch_step + h * bias_head_step;
+    for_each_head(
+        &mut output,
+        o_head_stride,
+        heads,
+        scores,
+        |b, h, out, scores| {
+            let q_off = b * q_batch_stride + h * q_head_stride;
+            let k_off = b * k_batch_stride + h * k_head_stride;
+            let v_off = b * v_batch_stride + h * v_head_stride;
+            let mask_off = b * mask_batch_step + h * mask_head_step;
+            let bias_off = b * bias_batch_step + h * bias_head_step;
 
-        naive_attention_head(
-            &q_data[q_off..q_off + q_head_stride],
-            &k_data[k_off..k_off + k_head_stride],
-            &v_data[v_off..v_off + v_head_stride],
-            out,
-            scores,
-            &params,
-            (
-                mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
-                bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
-            ),
-        );
-    });
+            naive_attention_head(
+                &q_data[q_off..q_off + q_head_stride],
+                &k_data[k_off..k_off + k_head_stride],
+                &v_data[v_off..v_off + v_head_stride],
+                out,
+                scores,
+                &params,
+                (
+                    mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
+                    bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
+                ),
+            );
+        },
+    );
 
     let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
     FlexTensor::new(

@@ -96,24 +96,13 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        let kernel = |l: &mut [f32], r: &[f32]| match simd_op {
+        // PATCHED (vendor/README.md): large tensors in chunks on the rayon pool.
+        crate::ops::unary::zip_in_place(l_slice, r_slice, |l, r| match simd_op {
             BinaryOp::Add => simd::add_inplace_f32(l, r),
             BinaryOp::Sub => simd::sub_inplace_f32(l, r),
             BinaryOp::Mul => simd::mul_inplace_f32(l, r),
             BinaryOp::Div => simd::div_inplace_f32(l, r),
-        };
-        // PATCHED (vendor/README.md): large tensors in chunks on the rayon pool.
-        #[cfg(feature = "rayon")]
-        if l_slice.len() >= crate::ops::unary::PARALLEL_CHUNK && l_slice.len() == r_slice.len() {
-            use rayon::prelude::*;
-            let chunk = crate::ops::unary::PARALLEL_CHUNK;
-            l_slice
-                .par_chunks_mut(chunk)
-                .zip(r_slice.par_chunks(chunk))
-                .for_each(|(l, r)| kernel(l, r));
-            return lhs;
-        }
-        kernel(l_slice, r_slice);
+        });
         return lhs;
     }
 
@@ -425,23 +414,12 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        let kernel = |l: &mut [E], r: &[E]| {
+        // PATCHED (vendor/README.md): large tensors in chunks on the rayon pool.
+        crate::ops::unary::zip_in_place(&mut lhs_storage[..l_end], r_slice, |l, r| {
             for (l, &r) in l.iter_mut().zip(r) {
                 *l = op(*l, r);
             }
-        };
-        // PATCHED (vendor/README.md): large tensors in chunks on the rayon pool.
-        #[cfg(feature = "rayon")]
-        if l_end >= crate::ops::unary::PARALLEL_CHUNK && r_slice.len() == l_end {
-            use rayon::prelude::*;
-            let chunk = crate::ops::unary::PARALLEL_CHUNK;
-            lhs_storage[..l_end]
-                .par_chunks_mut(chunk)
-                .zip(r_slice.par_chunks(chunk))
-                .for_each(|(l, r)| kernel(l, r));
-            return lhs;
-        }
-        kernel(&mut lhs_storage[..l_end], r_slice);
+        });
         return lhs;
     }
 

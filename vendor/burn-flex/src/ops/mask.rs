@@ -24,9 +24,9 @@ fn broadcast_block(layout: &Layout) -> Option<(usize, usize)> {
 
 /// Allocate a Vec of given length without zeroing.
 /// The caller must write every element before reading.
-#[cfg(feature = "simd")]
+/// PATCHED (vendor/README.md): also used by `FlexTensor::for_overwrite`, so not simd-only.
 #[inline]
-fn uninit_vec<T: Copy>(len: usize) -> Vec<T> {
+pub(crate) fn uninit_vec<T: Copy>(len: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
     #[allow(clippy::uninit_vec)]
     unsafe {

@@ -79,6 +79,16 @@ fn get_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
 }
 
+/// PATCHED (vendor/README.md): the output buffer of a gemm with inner dim `k`, not zeroed when
+/// gemm overwrites it (read_dst = false and k > 0; with k = 0 it writes nothing).
+fn gemm_output<T: GemmScalar>(shape: Shape, k: usize) -> FlexTensor {
+    if k > 0 {
+        FlexTensor::for_overwrite(shape, T::dtype())
+    } else {
+        FlexTensor::empty(shape, T::dtype())
+    }
+}
+
 /// Dispatch matrix multiplication based on dtype.
 pub fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
     assert_eq!(lhs.dtype(), rhs.dtype(), "matmul: dtype mismatch");
@@ -261,12 +271,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    // PATCHED (vendor/README.md): gemm overwrites the output (read_dst = false) when k > 0.
-    let mut output = if k > 0 {
-        FlexTensor::for_overwrite(out_shape, T::dtype())
-    } else {
-        FlexTensor::empty(out_shape, T::dtype())
-    };
+    let mut output = gemm_output::<T>(out_shape, k);
     let out_data: &mut [T] = output.storage_mut();
 
     let parallelism = get_parallelism(m, n, k);
@@ -369,12 +374,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    // PATCHED (vendor/README.md): gemm overwrites the output (read_dst = false) when k > 0.
-    let mut output = if k > 0 {
-        FlexTensor::for_overwrite(out_shape, T::dtype())
-    } else {
-        FlexTensor::empty(out_shape, T::dtype())
-    };
+    let mut output = gemm_output::<T>(out_shape, k);
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();

@@ -76,7 +76,10 @@ where
 pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// PATCHED: `x = op(x)` for every element, on the rayon pool for large slices.
-pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(xs: &mut [E], op: &Op) {
+pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(
+    xs: &mut [E],
+    op: &Op,
+) {
     #[cfg(feature = "rayon")]
     if xs.len() >= PARALLEL_CHUNK {
         use rayon::prelude::*;
@@ -87,12 +90,37 @@ pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(
     xs.iter_mut().for_each(|x| *x = op(*x));
 }
 
+/// PATCHED: `kernel(l, r)` over equal-length `lhs` and `rhs`, in aligned chunks on the rayon pool
+/// for large slices.
+pub(crate) fn zip_in_place<E: Send + Sync, K: Fn(&mut [E], &[E]) + Send + Sync>(
+    lhs: &mut [E],
+    rhs: &[E],
+    kernel: K,
+) {
+    #[cfg(feature = "rayon")]
+    if lhs.len() >= PARALLEL_CHUNK && lhs.len() == rhs.len() {
+        use rayon::prelude::*;
+        lhs.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(rhs.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(l, r)| kernel(l, r));
+        return;
+    }
+    kernel(lhs, rhs)
+}
+
 /// PATCHED: `op` of every element into a new vector, on the rayon pool for large slices.
-pub(crate) fn map_to_vec<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(xs: &[E], op: &Op) -> Vec<E> {
+pub(crate) fn map_to_vec<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(
+    xs: &[E],
+    op: &Op,
+) -> Vec<E> {
     #[cfg(feature = "rayon")]
     if xs.len() >= PARALLEL_CHUNK {
         use rayon::prelude::*;
-        return xs.par_iter().with_min_len(PARALLEL_CHUNK).map(|&x| op(x)).collect();
+        return xs
+            .par_iter()
+            .with_min_len(PARALLEL_CHUNK)
+            .map(|&x| op(x))
+            .collect();
     }
     xs.iter().map(|&x| op(x)).collect()
 }
