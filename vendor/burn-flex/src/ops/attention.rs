@@ -538,6 +538,15 @@ fn flash_attention_head<T: FlashGemm>(
         let kv_end = (kv_start + TILE_KV).min(seq_kv);
         let tile_kv = kv_end - kv_start;
 
+        // PATCHED (vendor/README.md): under a causal mask, query rows before `q_first` see no key
+        // of this tile; both gemms and the softmax loop start at `q_first` (upstream computed
+        // and then masked every row, half of all tiles at seq_q == seq_kv).
+        let q_first = causal_offset.map_or(0, |off| (kv_start as isize - off).max(0) as usize);
+        if q_first >= seq_q {
+            break;
+        }
+        let rows = seq_q - q_first;
+
         // Step 1: Score matmul via gemm
         // scores[seq_q, tile_kv] = Q[seq_q, head_dim] @ K_tile[tile_kv, head_dim]^T
         //
@@ -547,14 +556,14 @@ fn flash_attention_head<T: FlashGemm>(
         // scores row-major [seq_q, tile_kv]: rs=tile_kv, cs=1
         unsafe {
             T::block_gemm(BlockGemmArgs {
-                m: seq_q,
+                m: rows,
                 n: tile_kv,
                 k: head_dim,
-                dst: scores.as_mut_ptr(),
+                dst: scores.as_mut_ptr().add(q_first * tile_kv),
                 dst_cs: 1,
                 dst_rs: tile_kv as isize,
                 read_dst: false,
-                lhs: q.as_ptr(),
+                lhs: q.as_ptr().add(q_first * head_dim),
                 lhs_cs: 1,
                 lhs_rs: head_dim as isize,
                 rhs: k.as_ptr().add(kv_start * head_dim),
@@ -566,12 +575,16 @@ fn flash_attention_head<T: FlashGemm>(
         }
 
         // Step 2: Apply scale/softcap/mask/bias, online softmax, rescale output
-        for qi in 0..seq_q {
+        for qi in q_first..seq_q {
             let score_row = &mut scores[qi * tile_kv..(qi + 1) * tile_kv];
 
             let mut tile_max = neg_inf;
 
-            for (ki, score) in score_row.iter_mut().enumerate() {
+            // PATCHED: the causal mask as a bound on the row, not a test per element.
+            let visible = causal_offset.map_or(tile_kv, |off| {
+                (qi as isize + off + 1 - kv_start as isize).clamp(0, tile_kv as isize) as usize
+            });
+            for (ki, score) in score_row[..visible].iter_mut().enumerate() {
                 let kv_idx = kv_start + ki;
                 let mut val = *score * scale;
 
@@ -581,12 +594,6 @@ fn flash_attention_head<T: FlashGemm>(
 
                 if let Some(m) = mask
                     && m[qi * seq_kv + kv_idx] != 0
-                {
-                    val = neg_inf;
-                }
-
-                if let Some(offset) = causal_offset
-                    && (kv_idx as isize) > (qi as isize) + offset
                 {
                     val = neg_inf;
                 }
@@ -616,11 +623,13 @@ fn flash_attention_head<T: FlashGemm>(
             };
 
             let mut tile_sum = T::zero();
-            for score in score_row.iter_mut() {
+            let (seen, hidden) = score_row.split_at_mut(visible);
+            for score in seen {
                 let e = (*score - new_max).exp();
                 *score = e;
                 tile_sum += e;
             }
+            hidden.fill(T::zero());
 
             let correction = if row_max[qi] == neg_inf {
                 T::zero()
@@ -648,14 +657,14 @@ fn flash_attention_head<T: FlashGemm>(
         // dst = 1.0 * dst + 1.0 * P @ V  (accumulate)
         unsafe {
             T::block_gemm(BlockGemmArgs {
-                m: seq_q,
+                m: rows,
                 n: val_dim,
                 k: tile_kv,
-                dst: output.as_mut_ptr(),
+                dst: output.as_mut_ptr().add(q_first * val_dim),
                 dst_cs: 1,
                 dst_rs: val_dim as isize,
                 read_dst: true,
-                lhs: scores.as_ptr(),
+                lhs: scores.as_ptr().add(q_first * tile_kv),
                 lhs_cs: 1,
                 lhs_rs: tile_kv as isize,
                 rhs: v.as_ptr().add(kv_start * val_dim),
@@ -890,7 +899,12 @@ fn naive_attention_head<T: FlashGemm>(
         let row = &mut scores[qi * seq_kv..(qi + 1) * seq_kv];
 
         let mut row_max = neg_inf;
-        for (ki, s) in row.iter_mut().enumerate() {
+        // PATCHED (vendor/README.md): the causal mask as a bound on the row (keys at or after
+        // `visible` are hidden and get probability 0 without an exp), not a test per element.
+        let visible = causal_offset.map_or(seq_kv, |off| {
+            (qi as isize + off + 1).clamp(0, seq_kv as isize) as usize
+        });
+        for (ki, s) in row[..visible].iter_mut().enumerate() {
             let mut val = *s * scale;
 
             if let Some(cap) = softcap {
@@ -899,12 +913,6 @@ fn naive_attention_head<T: FlashGemm>(
 
             if let Some(m) = mask
                 && m[qi * seq_kv + ki] != 0
-            {
-                val = neg_inf;
-            }
-
-            if let Some(offset) = causal_offset
-                && (ki as isize) > (qi as isize) + offset
             {
                 val = neg_inf;
             }
@@ -925,14 +933,16 @@ fn naive_attention_head<T: FlashGemm>(
         }
 
         let mut sum = T::zero();
-        for s in row.iter_mut() {
+        let (seen, hidden) = row.split_at_mut(visible);
+        for s in seen.iter_mut() {
             let e = (*s - row_max).exp();
             *s = e;
             sum += e;
         }
+        hidden.fill(T::zero());
 
         let inv_sum = T::one() / sum;
-        for s in row.iter_mut() {
+        for s in seen.iter_mut() {
             *s = *s * inv_sum;
         }
     }

@@ -82,6 +82,22 @@ where
     if simd_hint.is_some() && !lhs.layout().is_contiguous() && rhs.layout().strides().contains(&0) {
         lhs = lhs.to_contiguous();
     }
+    // PATCHED (vendor/README.md): a strided operand that is not a broadcast (a slice of a
+    // larger tensor, e.g. `total[.., ..end, ..] + part`) is copied contiguous by rows too, so the
+    // same fast paths apply instead of the scalar `StridedIter` walk.
+    let is_strided = |t: &FlexTensor| {
+        !t.layout().is_contiguous() && !t.layout().strides().contains(&0)
+    };
+    if simd_hint.is_some() && is_strided(&lhs) {
+        lhs = lhs.to_contiguous();
+    }
+    let rhs_copy;
+    let rhs = if simd_hint.is_some() && is_strided(rhs) {
+        rhs_copy = rhs.to_contiguous();
+        &rhs_copy
+    } else {
+        rhs
+    };
 
     // In-place SIMD fast path: lhs unique contiguous at offset 0, rhs
     // contiguous (no broadcast).
@@ -432,16 +448,13 @@ where
         lhs.layout().contiguous_offsets(),
         rhs.layout().contiguous_offsets(),
     ) {
-        // Both contiguous (but lhs not at offset 0)
-        (Some((l_start, l_end)), Some((r_start, r_end))) => {
-            let l_slice = &lhs_storage[l_start..l_end];
-            let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
-        }
+        // Both contiguous (but lhs shared or not at offset 0).
+        // PATCHED (vendor/README.md): large tensors on the rayon pool.
+        (Some((l_start, l_end)), Some((r_start, r_end))) => crate::ops::unary::zip_to_vec(
+            &lhs_storage[l_start..l_end],
+            &rhs_storage[r_start..r_end],
+            &op,
+        ),
         // Fast path for 2D non-contiguous (common for transpose)
         _ if lhs.layout().num_dims() == 2 => {
             apply_2d_strided(lhs_storage, rhs_storage, lhs.layout(), rhs.layout(), op)

@@ -917,20 +917,24 @@ fn reduce_middle_dim_f32(
 ) -> Vec<f32> {
     let out_size = outer_size * inner_size;
 
+    // PATCHED (vendor/README.md): each batch's column blocks on the rayon pool, accumulated
+    // straight into the returned vector.
     #[cfg(feature = "simd")]
     {
-        // Use aligned allocation for optimal SIMD scatter-add
-        let mut result = aligned::alloc_aligned_zeroed::<f32>(out_size);
-        kernels::scatter_add_batched(
-            &data[start_offset..],
-            &mut result,
-            outer_size,
-            dim_size,
-            inner_size,
-            outer_stride as usize,
-            dim_stride as usize,
-        );
-        aligned::to_vec(result)
+        let mut result = vec![0.0f32; out_size];
+        for (batch, out) in result.chunks_mut(inner_size).enumerate() {
+            let batch_start = start_offset + batch * outer_stride as usize;
+            for_column_blocks(out, dim_size, |first, out| {
+                kernels::scatter_add_f32(
+                    &data[batch_start + first..],
+                    out,
+                    dim_size,
+                    out.len(),
+                    dim_stride as usize,
+                )
+            });
+        }
+        result
     }
 
     #[cfg(not(feature = "simd"))]
@@ -963,18 +967,21 @@ fn reduce_first_dim_f32(
     inner_size: usize, // number of columns (output positions)
     dim_stride: isize, // stride between rows
 ) -> Vec<f32> {
+    // PATCHED (vendor/README.md): column blocks on the rayon pool, accumulated straight into the
+    // returned vector (upstream used one thread and copied an aligned buffer into a Vec).
     #[cfg(feature = "simd")]
     {
-        // Use aligned allocation for optimal SIMD scatter-add
-        let mut result = aligned::alloc_aligned_zeroed::<f32>(inner_size);
-        kernels::scatter_add_f32(
-            &data[start_offset..],
-            &mut result,
-            dim_size,
-            inner_size,
-            dim_stride as usize,
-        );
-        aligned::to_vec(result)
+        let mut result = vec![0.0f32; inner_size];
+        for_column_blocks(&mut result, dim_size, |first, out| {
+            kernels::scatter_add_f32(
+                &data[start_offset + first..],
+                out,
+                dim_size,
+                out.len(),
+                dim_stride as usize,
+            )
+        });
+        result
     }
 
     #[cfg(not(feature = "simd"))]
@@ -989,6 +996,25 @@ fn reduce_first_dim_f32(
         }
         result
     }
+}
+
+/// PATCHED (vendor/README.md): `f(first column, output block)` over blocks of `out`, on the rayon
+/// pool when the reduction reads at least `4 * PARALLEL_CHUNK` elements. Blocks are multiples of
+/// 64 columns, so every block but the last starts 256-byte aligned relative to `out`.
+#[cfg(feature = "simd")]
+fn for_column_blocks<F: Fn(usize, &mut [f32]) + Send + Sync>(out: &mut [f32], rows: usize, f: F) {
+    #[cfg(feature = "rayon")]
+    if rows * out.len() >= 4 * super::unary::PARALLEL_CHUNK && out.len() >= 128 {
+        let block = out
+            .len()
+            .div_ceil(2 * rayon::current_num_threads())
+            .next_multiple_of(64);
+        out.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, out)| f(i * block, out));
+        return;
+    }
+    f(0, out)
 }
 
 /// Reduce last dimension with SIMD.
@@ -1016,10 +1042,24 @@ fn reduce_last_dim_f32(
     let rows = outer_size;
 
     // Contiguous Sum: batch all rows in one kernel call to avoid per-row overhead.
+    // PATCHED (vendor/README.md): blocks of rows on the rayon pool for large tensors.
     #[cfg(feature = "simd")]
     if matches!(op, ReduceOp::Sum) && outer_stride == dim_size as isize {
         let mut result = vec![0.0f32; rows];
-        kernels::sum_rows_f32(&data[start_offset..], &mut result, rows, dim_size);
+        let sum_rows = |first: usize, out: &mut [f32]| {
+            let src = &data[start_offset + first * dim_size..];
+            kernels::sum_rows_f32(src, out, out.len(), dim_size)
+        };
+        #[cfg(feature = "rayon")]
+        if rows * dim_size >= 4 * super::unary::PARALLEL_CHUNK && rows >= 2 {
+            let block = rows.div_ceil(2 * rayon::current_num_threads());
+            result
+                .par_chunks_mut(block)
+                .enumerate()
+                .for_each(|(i, out)| sum_rows(i * block, out));
+            return result;
+        }
+        sum_rows(0, &mut result);
         return result;
     }
 

@@ -125,6 +125,26 @@ pub(crate) fn map_to_vec<E: Copy + Send + Sync, Op: Fn(E) -> E + Send + Sync>(
     xs.iter().map(|&x| op(x)).collect()
 }
 
+/// PATCHED: `op(l, r)` of every pair of equal-length `lhs` and `rhs` into a new vector, on the
+/// rayon pool for large slices.
+pub(crate) fn zip_to_vec<E: Copy + Send + Sync, Op: Fn(E, E) -> E + Send + Sync>(
+    lhs: &[E],
+    rhs: &[E],
+    op: &Op,
+) -> Vec<E> {
+    #[cfg(feature = "rayon")]
+    if lhs.len() >= PARALLEL_CHUNK {
+        use rayon::prelude::*;
+        return lhs
+            .par_iter()
+            .zip(rhs)
+            .with_min_len(PARALLEL_CHUNK)
+            .map(|(&l, &r)| op(l, r))
+            .collect();
+    }
+    lhs.iter().zip(rhs).map(|(&l, &r)| op(l, r)).collect()
+}
+
 /// Generic unary operation for any element type.
 fn unary_op_typed<E, Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
 where
