@@ -52,6 +52,9 @@ pub struct BenchTrainArgs {
     /// Dropout masks: `keyed` (what training uses) or `burn` (Burn's `Dropout`, for comparison).
     #[arg(long, default_value = "keyed", value_parser = ["keyed", "burn"])]
     pub dropout_impl: String,
+    /// Activation recompute (as `opt train --recompute`): one layer's activations at a time.
+    #[arg(long)]
+    pub recompute: bool,
     /// Data-parallel workers, one micro-batch of `--batch` each per step (see `opt train --devices`).
     #[arg(long, default_value = "1")]
     pub devices: opt::DeviceSpec,
@@ -162,6 +165,10 @@ impl BackendTask for BenchTrain {
         let mut config = TrainConfig::for_preset(&p, total, a.batch, Some(n * a.batch * p.seq_len));
         (config.checkpoint_every, config.eval_every) = (0, 0);
         config.precision = a.precision;
+        config.recompute = a.recompute;
+        if a.recompute && a.dropout_impl == "burn" {
+            bail!("--recompute needs keyed dropout masks (--dropout-impl keyed): Burn's are not replayed");
+        }
         if let Some(d) = a.dropout {
             config.model.dropout = d;
         }
@@ -201,6 +208,7 @@ impl BackendTask for BenchTrain {
             "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
             "threads": threads(), "precision": format!("{:?}", a.precision).to_lowercase(),
             "dropout": config.model.dropout, "dropout_impl": a.dropout_impl, "workers": n,
+            "recompute": a.recompute,
         });
         let peak_rss = peak_rss_mib();
         if a.json {

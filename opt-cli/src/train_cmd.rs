@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// Compute precision: f32, or bf16 with f32 master weights and optimizer state (flex, cuda).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Activation recompute: keep only each layer's input for the backward and recompute the
+    /// layer there (one more forward pass; the activation memory of one layer). Kept on a resume.
+    #[arg(long)]
+    pub recompute: bool,
     /// Dropout probability (residual and FFN outputs); default: the preset's (0.1, like metaseq).
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -424,6 +428,9 @@ fn apply_run_length_flags(args: &TrainArgs, config: &mut TrainConfig) {
     }
     if let Some(p) = args.precision {
         config.precision = p;
+    }
+    if args.recompute {
+        config.recompute = true;
     }
 }
 

@@ -61,6 +61,17 @@ pub fn begin_stream(key: u64) {
     STREAM.with(|s| s.set((key, 0)));
 }
 
+/// Where the calling thread's stream is: replaying from here with [`seek_stream`] draws the same
+/// masks again (activation recompute runs a layer's forward twice).
+pub fn stream_position() -> (u64, u64) {
+    STREAM.with(|s| s.get())
+}
+
+/// Continue the calling thread's stream from a [`stream_position`].
+pub fn seek_stream(position: (u64, u64)) {
+    STREAM.with(|s| s.set(position));
+}
+
 /// A stream key from the parts that identify one forward pass (e.g. seed, step, micro-batch).
 pub fn stream_key(parts: &[u64]) -> u64 {
     parts.iter().fold(0x243F_6A88_85A3_08D3, |acc, &p| {

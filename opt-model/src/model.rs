@@ -104,16 +104,8 @@ impl<B: Backend> Opt<B> {
         let device = input_ids.device();
         let [b, t] = input_ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = self.position_ids(b, t, past, attention_mask.as_ref(), &device);
-
-        let mut tokens = self.embed_tokens.forward(input_ids);
-        if let Some(project_in) = &self.project_in {
-            tokens = project_in.forward(tokens);
-        }
-        // No embedding scaling and no dropout on the embeddings (HF OPT).
-        let mut h = tokens + self.embed_positions.forward(positions);
-
         let mask = build_attention_mask::<B>(b, t, past, attention_mask.as_ref(), &device);
+        let mut h = self.embed(input_ids, attention_mask.as_ref(), past);
         let mut hidden_states = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             if keep_hidden {
@@ -125,13 +117,36 @@ impl<B: Backend> Opt<B> {
         if keep_hidden {
             hidden_states.push(h.clone());
         }
+        (self.finish(h), hidden_states)
+    }
+
+    /// The input of layer 0 [b, t, hidden_size] for `input_ids` [b, t] after `past` cached tokens.
+    pub fn embed(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&Tensor<B, 2, Int>>,
+        past: usize,
+    ) -> Tensor<B, 3> {
+        let [b, t] = input_ids.dims();
+        let positions = self.position_ids(b, t, past, attention_mask, &input_ids.device());
+        let mut tokens = self.embed_tokens.forward(input_ids);
+        if let Some(project_in) = &self.project_in {
+            tokens = project_in.forward(tokens);
+        }
+        // No embedding scaling and no dropout on the embeddings (HF OPT).
+        tokens + self.embed_positions.forward(positions)
+    }
+
+    /// The LM head's input [b, t, word_embed_proj_dim] from the last layer's output: the final
+    /// layer norm (pre-LN models) and `project_out` (models whose embeddings are narrower).
+    pub fn finish(&self, mut h: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.config.has_final_layer_norm() {
             h = layer_norm(&self.final_layer_norm, h);
         }
         if let Some(project_out) = &self.project_out {
             h = project_out.forward(h);
         }
-        (h, hidden_states)
+        h
     }
 
     /// The LM head's weight [vocab, word_embed_proj_dim]: tied to the token embedding.

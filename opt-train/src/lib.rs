@@ -8,6 +8,7 @@ pub mod optim;
 pub mod parallel;
 pub mod precision;
 pub mod prepare;
+pub mod recompute;
 pub mod schedule;
 pub mod tasks;
 pub mod train;

@@ -56,13 +56,24 @@ impl Precision {
         let model = match self {
             Self::F32 => model,
             Self::Bf16 => {
-                cast = model.clone().map(&mut CastParams(DType::BF16));
+                cast = self.cast(model.clone());
                 &cast
             }
         };
         let (hidden, _) = model.decode(inputs, None, None, false);
         let weight = model.lm_head_weight();
         loss::chunked_cross_entropy(weight, hidden, targets, scale, loss::LM_HEAD_CHUNK)
+    }
+}
+
+impl Precision {
+    /// `module` with its float parameters in this precision, ids kept (under autodiff the casts
+    /// are in the graph, so gradients reach the f32 parameters).
+    pub fn cast<B: Backend, M: Module<B>>(self, module: M) -> M {
+        match self {
+            Self::F32 => module,
+            Self::Bf16 => module.map(&mut CastParams(DType::BF16)),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use opt_data::tasks::{plan, ModelInput, PlanOptions, PlannedItem, TaskDef, TaskError, TaskItem};
 use opt_data::OptTokenizer;
-use opt_model::Opt;
+use opt_model::{loss, Opt};
 use serde::Serialize;
 
 /// Errors of a task evaluation.
@@ -349,7 +349,8 @@ fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Dev
 }
 
 /// The LM head and log-softmax only at the rows `at` of `hidden` [rows, e], which predict
-/// `targets`; consecutive runs of `lens` targets make one request's score each.
+/// `targets`; consecutive runs of `lens` targets make one request's score each. The logits exist
+/// for `LM_HEAD_CHUNK` rows at a time, like the chunked losses'.
 fn score_positions<B: Backend>(
     model: &Opt<B>,
     hidden: Tensor<B, 2>,
@@ -361,23 +362,13 @@ fn score_positions<B: Backend>(
     let n = at.len();
     let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
     let picked = hidden.select(0, at);
-    let logits = model
-        .lm_head(picked.unsqueeze_dim::<3>(0))
-        .squeeze_dim::<2>(0);
-    let greedy = logits.clone().argmax(1);
-    let ids: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), device);
-    let logprobs = log_softmax(logits, 1).gather(1, ids);
-    let logprobs: Vec<f32> = logprobs
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 data");
-    let greedy: Vec<i64> = greedy
-        .into_data()
-        .convert::<i64>()
-        .to_vec()
-        .expect("i64 data");
+    let (mut logprobs, mut greedy) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for start in (0..n).step_by(loss::LM_HEAD_CHUNK) {
+        let rows = start..(start + loss::LM_HEAD_CHUNK).min(n);
+        let (lp, g) = pick_log_probs(model, picked.clone().slice(rows.clone()), &targets[rows]);
+        logprobs.extend(lp);
+        greedy.extend(g);
+    }
     let mut offset = 0;
     lens.iter()
         .map(|&len| {
@@ -390,6 +381,33 @@ fn score_positions<B: Backend>(
             }
         })
         .collect()
+}
+
+/// log p(target) of each row of `hidden` [rows, e] and the argmax token of its logits.
+fn pick_log_probs<B: Backend>(
+    model: &Opt<B>,
+    hidden: Tensor<B, 2>,
+    targets: &[u32],
+) -> (Vec<f32>, Vec<i64>) {
+    let logits = model
+        .lm_head(hidden.unsqueeze_dim::<3>(0))
+        .squeeze_dim::<2>(0);
+    let greedy = logits.clone().argmax(1);
+    let ids: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let ids =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [targets.len(), 1]), &logits.device());
+    let logprobs = log_softmax(logits, 1).gather(1, ids);
+    let logprobs = logprobs
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    let greedy = greedy
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .expect("i64 data");
+    (logprobs, greedy)
 }
 
 /// Each document's metrics from its requests' scores.

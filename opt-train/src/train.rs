@@ -58,6 +58,10 @@ pub struct TrainConfig {
     /// Compute precision (master weights and optimizer state are always f32).
     #[serde(default)]
     pub precision: Precision,
+    /// Keep only each layer's input for the backward and recompute the layer's activations there
+    /// (`--recompute`): one more forward pass, the activation memory of one layer.
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 impl TrainConfig {
@@ -386,6 +390,7 @@ impl TrainConfig {
             eval_batches: 8,
             peak_flops: 0.0,
             precision: Precision::F32,
+            recompute: false,
         }
     }
 }

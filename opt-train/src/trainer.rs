@@ -17,6 +17,7 @@ use opt_model::{dropout, Opt};
 use crate::bucket;
 use crate::collective::Collective;
 use crate::optim::{clip_grad_norm, OptAdamW};
+use crate::recompute;
 use crate::train::{
     check_model_config, checkpoint_dirs, evaluate_part, save_checkpoint, LoopState, Rec,
     StepMetrics, TrainConfig, TrainData, TrainError, TrainSummary,
@@ -240,13 +241,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 )
             });
             let scale = 1.0 / config.grad_accum as f64;
-            let loss = config.precision.loss(self.model(), inputs, targets, scale);
-            let value = loss.clone().inner();
+            let (value, grads) = self.loss_and_grads(inputs, targets, scale);
             loss_sum = Some(match loss_sum {
                 Some(sum) => sum + value,
                 None => value,
             });
-            let grads = GradientsParams::from_grads(loss.backward(), self.model());
             accumulator.accumulate(self.model(), grads);
         }
         Ok(Update {
@@ -254,6 +253,23 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             grads: accumulator.grads(),
             loss: loss_sum.expect("every worker has at least one micro-batch"),
         })
+    }
+
+    /// One micro-batch's loss (times `scale`) and gradients: one backward over the whole graph,
+    /// or layer by layer with activation recompute (`config.recompute`).
+    fn loss_and_grads(
+        &self,
+        inputs: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+        scale: f64,
+    ) -> (Tensor<B::InnerBackend, 1>, GradientsParams) {
+        let (model, precision) = (self.model(), self.config.precision);
+        if self.config.recompute {
+            return recompute::loss_and_grads(model, inputs, targets, scale, precision);
+        }
+        let loss = precision.loss(model, inputs, targets, scale);
+        let value = loss.clone().inner();
+        (value, GradientsParams::from_grads(loss.backward(), model))
     }
 
     /// Sum the workers' gradients and losses: one all-reduce of everything, flattened.

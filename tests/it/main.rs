@@ -12,6 +12,7 @@ mod fused_equivalence;
 mod generation_parity;
 mod hf_parity;
 mod metaseq_import;
+mod recompute;
 mod task_parity;
 mod tokenizer_parity;
 mod train_loop;

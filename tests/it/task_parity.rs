@@ -121,15 +121,17 @@ fn check_fixture<B: Backend>(file: &Path, device: &B::Device) {
         check_plan(p, fi, &name);
     }
 
-    // Both scoring paths: every request whole, and shared contexts through the KV cache.
+    // Both scoring paths: every request whole, and shared contexts through the KV cache; then
+    // every request in one batch, whose continuation tokens (1,536 in hellaswag's fixture) cross
+    // the LM head's slices of `LM_HEAD_CHUNK` rows.
     let mut results = Vec::new();
-    for share_prefix in [false, true] {
-        let scores = score_planned(&model, &planned, 4, share_prefix, device);
+    for (share_prefix, batch) in [(false, 4), (true, 4), (false, usize::MAX)] {
+        let scores = score_planned(&model, &planned, batch, share_prefix, device);
         let diffs = check_scores(&scores, fixture_items, &fx["tolerances"], &name);
         results = item_results(&planned, &scores, def.acc_norm);
         check_metrics(&results, &scores, fixture_items, &fx, &name);
         println!(
-            "{name} (shared prefix: {share_prefix}): {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
+            "{name} (shared prefix: {share_prefix}, batch {batch}): {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
             items.len(),
             scores.iter().map(Vec::len).sum::<usize>(),
             diffs.ll_abs,
