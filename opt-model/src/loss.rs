@@ -33,9 +33,17 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     cross_entropy(logits, targets)
 }
 
-/// Tokens per slice of the chunked LM-head losses: [LM_HEAD_CHUNK, vocab] logits exist at a time
-/// (206 MB in f32 for OPT's 50,272 tokens), whatever the batch and sequence length.
-pub const LM_HEAD_CHUNK: usize = 1024;
+/// Bytes of f32 logits in one slice of the chunked LM head: [rows, vocab] logits (and their
+/// gradient) exist one slice at a time, whatever the batch and sequence length. 64 MiB also
+/// keeps every slice under WebGPU's default 128 MiB storage-buffer binding: on wgpu, the
+/// [1024, 50272] logits of a larger slice scored NaN.
+pub const LM_HEAD_SLICE_BYTES: usize = 64 << 20;
+
+/// Tokens per slice of the chunked LM head for a vocabulary of `vocab` (at least one): 333 for
+/// OPT's 50,272 tokens, 2,048 for the 8,192 of `cpu-small`.
+pub fn lm_head_chunk(vocab: usize) -> usize {
+    (LM_HEAD_SLICE_BYTES / (4 * vocab.max(1))).max(1)
+}
 
 /// `nll_sum` of the logits `hidden @ weightᵀ` (`hidden` [b, t, e], the tied LM head `weight`
 /// [vocab, e]), `chunk` tokens at a time, so that the whole [b, t, vocab] logits never exist.

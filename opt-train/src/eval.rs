@@ -129,7 +129,8 @@ pub fn score_rows<B: Backend>(
     let (hidden, _) = model.decode(inputs, None, None, false);
     // The logits are made one slice of tokens at a time.
     let weight = model.lm_head_weight();
-    let (s, c) = loss::chunked_nll_sum(weight, hidden, targets, loss::LM_HEAD_CHUNK);
+    let chunk = loss::lm_head_chunk(weight.dims()[0]);
+    let (s, c) = loss::chunked_nll_sum(weight, hidden, targets, chunk);
     (s.into_scalar().elem(), c.into_scalar().elem())
 }
 

@@ -62,7 +62,8 @@ impl Precision {
         };
         let (hidden, _) = model.decode(inputs, None, None, false);
         let weight = model.lm_head_weight();
-        loss::chunked_cross_entropy(weight, hidden, targets, scale, loss::LM_HEAD_CHUNK)
+        let chunk = loss::lm_head_chunk(weight.dims()[0]);
+        loss::chunked_cross_entropy(weight, hidden, targets, scale, chunk)
     }
 }
 

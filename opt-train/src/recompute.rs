@@ -93,7 +93,8 @@ fn head_backward<B: AutodiffBackend>(
     let cast = precision.cast(ends.clone());
     let hidden = cast.finish(h.clone());
     let weight = cast.lm_head_weight();
-    let loss = loss::chunked_cross_entropy(weight, hidden, targets, scale, loss::LM_HEAD_CHUNK);
+    let chunk = loss::lm_head_chunk(weight.dims()[0]);
+    let loss = loss::chunked_cross_entropy(weight, hidden, targets, scale, chunk);
     let value = loss.clone().inner();
     let grads = loss.backward();
     let grad = h

@@ -350,7 +350,7 @@ fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Dev
 
 /// The LM head and log-softmax only at the rows `at` of `hidden` [rows, e], which predict
 /// `targets`; consecutive runs of `lens` targets make one request's score each. The logits exist
-/// for `LM_HEAD_CHUNK` rows at a time, like the chunked losses'.
+/// for `lm_head_chunk(vocab)` rows at a time, like the chunked losses'.
 fn score_positions<B: Backend>(
     model: &Opt<B>,
     hidden: Tensor<B, 2>,
@@ -363,8 +363,9 @@ fn score_positions<B: Backend>(
     let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [n]), device);
     let picked = hidden.select(0, at);
     let (mut logprobs, mut greedy) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for start in (0..n).step_by(loss::LM_HEAD_CHUNK) {
-        let rows = start..(start + loss::LM_HEAD_CHUNK).min(n);
+    let chunk = loss::lm_head_chunk(model.config.vocab_size);
+    for start in (0..n).step_by(chunk) {
+        let rows = start..(start + chunk).min(n);
         let (lp, g) = pick_log_probs(model, picked.clone().slice(rows.clone()), &targets[rows]);
         logprobs.extend(lp);
         greedy.extend(g);

@@ -123,7 +123,7 @@ fn check_fixture<B: Backend>(file: &Path, device: &B::Device) {
 
     // Both scoring paths: every request whole, and shared contexts through the KV cache; then
     // every request in one batch, whose continuation tokens (1,536 in hellaswag's fixture) cross
-    // the LM head's slices of `LM_HEAD_CHUNK` rows.
+    // the LM head's slices (`lm_head_chunk`: 333 rows for this vocabulary).
     let mut results = Vec::new();
     for (share_prefix, batch) in [(false, 4), (true, 4), (false, usize::MAX)] {
         let scores = score_planned(&model, &planned, batch, share_prefix, device);
@@ -131,7 +131,8 @@ fn check_fixture<B: Backend>(file: &Path, device: &B::Device) {
         results = item_results(&planned, &scores, def.acc_norm);
         check_metrics(&results, &scores, fixture_items, &fx, &name);
         println!(
-            "{name} (shared prefix: {share_prefix}, batch {batch}): {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
+            "{name} (shared prefix: {share_prefix}, batch {}): {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
+            if batch == usize::MAX { "all".to_string() } else { batch.to_string() },
             items.len(),
             scores.iter().map(Vec::len).sum::<usize>(),
             diffs.ll_abs,
