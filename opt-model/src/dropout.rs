@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use burn::nn::Dropout;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use rayon::prelude::*;
 
 /// Serialises "seed the backend RNG, draw one mask" across threads.
 static RNG_LOCK: Mutex<()> = Mutex::new(());
@@ -119,8 +120,12 @@ pub fn host_mask<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let threshold = (keep * 4_294_967_296.0) as u64;
     let scale = (1.0 / keep) as f32;
-    let values: Vec<f32> = (0..shape.num_elements() as u64)
+    // Element by element on the rayon pool: each value depends on (key, i) alone.
+    let values: Vec<f32> = (0..shape.num_elements())
+        .into_par_iter()
+        .with_min_len(1 << 15)
         .map(|i| {
+            let i = i as u64;
             let bits = mix(key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 32;
             if bits < threshold {
                 scale
