@@ -1,7 +1,9 @@
 //! The fused training paths against the unfused ones they replace (issue 9):
 //! - attention: Burn's fused `attention` with the patched autodiff backward (vendor/README.md)
 //!   against Burn's own `attention_fallback`, differentiated op by op by upstream autodiff;
-//! - the chunked LM head + cross-entropy against the loss of the whole logits tensor.
+//! - the chunked LM head + cross-entropy against the loss of the whole logits tensor;
+//! - layer norm: the inner backend's kernel with the patched closed-form backward against its
+//!   definition, differentiated op by op.
 //!
 //! Forward values and gradients on the chosen backend. The fixtures' train parity
 //! (`train_parity`) checks the same paths against transformers.
@@ -11,6 +13,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::TensorPrimitive;
 use opt::model::loss::{self, IGNORE_INDEX};
 use opt::BackendTask;
 
@@ -195,4 +198,79 @@ const TOL_LOSS: Tol = Tol {
 #[test]
 fn chunked_lm_head_loss_matches_the_whole_logits() {
     on_backend(ChunkedLoss);
+}
+
+struct LayerNormCase;
+
+/// `B::layer_norm` over the last dim, as `burn_nn::LayerNorm::forward` calls it.
+fn fused_layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    epsilon: f64,
+) -> Tensor<B, 3> {
+    let float = |t: Tensor<B, 1>| t.into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+        x.into_primitive().tensor(),
+        float(gamma),
+        beta.map(float),
+        epsilon,
+    )))
+}
+
+impl BackendTask for LayerNormCase {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) {
+        let eps = 1e-5;
+        // (tokens per row of 2, d, with beta).
+        for (t, d, with_beta) in [(5, 7, true), (3, 64, true), (2, 16, false)] {
+            let name = format!("layer_norm [2, {t}, {d}] beta {with_beta}");
+            let x = tensor::<B, 3>([2, t, d], 0.7, &device) * 3.0 + 0.5;
+            let gamma = tensor::<B, 1>([d], 0.8, &device) + 1.0;
+            let beta = tensor::<B, 1>([d], 0.9, &device);
+            let grad_out = tensor::<B, 3>([2, t, d], 1.0, &device);
+            let run = |fused: bool| {
+                let x = x.clone().require_grad();
+                let (gamma, beta) = (gamma.clone().require_grad(), beta.clone().require_grad());
+                let out = if fused {
+                    fused_layer_norm(
+                        x.clone(),
+                        gamma.clone(),
+                        with_beta.then(|| beta.clone()),
+                        eps,
+                    )
+                } else {
+                    // The definition: (x − mean) / sqrt(biased variance + eps) · gamma + beta.
+                    let centered = x.clone() - x.clone().mean_dim(2);
+                    let var = (centered.clone() * centered.clone()).mean_dim(2);
+                    let scaled = centered / (var + eps).sqrt() * gamma.clone().reshape([1, 1, d]);
+                    match with_beta {
+                        true => scaled + beta.clone().reshape([1, 1, d]),
+                        false => scaled,
+                    }
+                };
+                let grads = (out.clone() * grad_out.clone()).sum().backward();
+                let beta_grad = beta.grad(&grads).map_or(Vec::new(), floats);
+                [
+                    floats(out.inner()),
+                    floats(x.grad(&grads).unwrap()),
+                    floats(gamma.grad(&grads).unwrap()),
+                    beta_grad,
+                ]
+            };
+            let (fused, reference) = (run(true), run(false));
+            for (what, (ours, want)) in ["output", "dx", "dgamma", "dbeta"]
+                .iter()
+                .zip(fused.iter().zip(&reference))
+            {
+                let diff = assert_close(&format!("{name} {what}"), ours, want, TOL, None);
+                println!("{name} {what}: max |diff| {diff:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_layer_norm_matches_its_definition_and_gradients() {
+    on_backend(LayerNormCase);
 }

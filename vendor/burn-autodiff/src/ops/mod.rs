@@ -1,6 +1,7 @@
 mod activation;
 // PATCHED: the backward of `attention` (see attention.rs).
 mod attention;
+mod layer_norm;
 mod backward;
 mod base;
 mod bool_tensor;

@@ -7,6 +7,7 @@ use crate::ops::{Backward, Ops, unary};
 use crate::tensor::AutodiffTensor;
 
 use burn_backend::Backend;
+use burn_backend::TensorMetadata;
 use burn_backend::ops::attention::attention_fallback;
 use burn_backend::ops::*;
 use burn_backend::tensor::{FloatTensor, IntTensor};
@@ -1943,6 +1944,67 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
                 mask,
                 None,
                 options,
+            )),
+        }
+    }
+
+    fn layer_norm(
+        tensor: FloatTensor<Autodiff<B, C>>,
+        gamma: FloatTensor<Autodiff<B, C>>,
+        beta: Option<FloatTensor<Autodiff<B, C>>>,
+        epsilon: f64,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        // PATCHED: the inner backend's fused forward and the closed-form backward
+        // (ops/layer_norm.rs) instead of upstream's nine-op decomposition. Without beta, an
+        // untracked zero beta (no gradient is registered for it).
+        let beta = beta.unwrap_or_else(|| {
+            let device = Self::float_device(&gamma);
+            Self::float_zeros(gamma.shape(), &device, gamma.dtype().into())
+        });
+
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl<B: Backend> Backward<B, 3> for LayerNorm {
+            type State = ([NodeId; 2], f64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let ([x, gamma], epsilon) = ops.state;
+                let x = checkpointer.retrieve_node_output(x);
+                let gamma = checkpointer.retrieve_node_output(gamma);
+                let input_grads =
+                    super::layer_norm::layer_norm_backward::<B>(x, gamma, epsilon, grad);
+                for (parent, input_grad) in ops.parents.into_iter().zip(input_grads) {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, input_grad);
+                    }
+                }
+            }
+        }
+
+        let nodes = [tensor.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match LayerNorm.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = ([prep.checkpoint(&tensor), prep.checkpoint(&gamma)], epsilon);
+                let output = B::layer_norm(
+                    tensor.primitive,
+                    gamma.primitive,
+                    Some(beta.primitive),
+                    epsilon,
+                );
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::layer_norm(
+                tensor.primitive,
+                gamma.primitive,
+                Some(beta.primitive),
+                epsilon,
             )),
         }
     }
