@@ -42,6 +42,19 @@ fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
     t.into_data().convert::<f64>().to_vec().unwrap()
 }
 
+/// `ours[i]` against `want[i]` within `TOL` for every named output, printing each max |diff|.
+fn assert_each_close<const N: usize>(
+    name: &str,
+    whats: [&str; N],
+    ours: &[Vec<f64>; N],
+    want: &[Vec<f64>; N],
+) {
+    for (what, (ours, want)) in whats.iter().zip(ours.iter().zip(want)) {
+        let diff = assert_close(&format!("{name} {what}"), ours, want, TOL, None);
+        println!("{name} {what}: max |diff| {diff:.2e}");
+    }
+}
+
 struct Attention;
 
 impl BackendTask for Attention {
@@ -91,15 +104,8 @@ impl BackendTask for Attention {
                 let grad = |x: &Tensor<B, 4>| floats(x.grad(&grads).unwrap());
                 [floats(out.inner()), grad(&q), grad(&k), grad(&v)]
             };
-            let fused = run(attention::<B>);
-            let reference = run(attention_fallback::<B>);
-            for (what, (ours, want)) in ["output", "dq", "dk", "dv"]
-                .iter()
-                .zip(fused.iter().zip(&reference))
-            {
-                let diff = assert_close(&format!("{name} {what}"), ours, want, TOL, None);
-                println!("{name} {what}: max |diff| {diff:.2e}");
-            }
+            let (fused, reference) = (run(attention::<B>), run(attention_fallback::<B>));
+            assert_each_close(&name, ["output", "dq", "dk", "dv"], &fused, &reference);
         }
     }
 }
@@ -259,13 +265,12 @@ impl BackendTask for LayerNormCase {
                 ]
             };
             let (fused, reference) = (run(true), run(false));
-            for (what, (ours, want)) in ["output", "dx", "dgamma", "dbeta"]
-                .iter()
-                .zip(fused.iter().zip(&reference))
-            {
-                let diff = assert_close(&format!("{name} {what}"), ours, want, TOL, None);
-                println!("{name} {what}: max |diff| {diff:.2e}");
-            }
+            assert_each_close(
+                &name,
+                ["output", "dx", "dgamma", "dbeta"],
+                &fused,
+                &reference,
+            );
         }
     }
 }
