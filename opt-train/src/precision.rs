@@ -61,13 +61,9 @@ impl Precision {
             }
         };
         let (hidden, _) = model.decode(inputs, None, None, false);
-        let weight = model.lm_head_weight();
-        let chunk = loss::lm_head_chunk(weight.dims()[0]);
-        loss::chunked_cross_entropy(weight, hidden, targets, scale, chunk)
+        head_loss(model, hidden, targets, scale)
     }
-}
 
-impl Precision {
     /// `module` with its float parameters in this precision, ids kept (under autodiff the casts
     /// are in the graph, so gradients reach the f32 parameters).
     pub fn cast<B: Backend, M: Module<B>>(self, module: M) -> M {
@@ -76,6 +72,19 @@ impl Precision {
             Self::Bf16 => module.map(&mut CastParams(DType::BF16)),
         }
     }
+}
+
+/// Mean cross-entropy times `scale` of the tied LM head on `hidden` (the decoder's output), in
+/// slices of `lm_head_chunk` tokens with f32 logits.
+pub fn head_loss<B: AutodiffBackend>(
+    model: &Opt<B>,
+    hidden: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    scale: f64,
+) -> Tensor<B, 1> {
+    let weight = model.lm_head_weight();
+    let chunk = loss::lm_head_chunk(weight.dims()[0]);
+    loss::chunked_cross_entropy(weight, hidden, targets, scale, chunk)
 }
 
 /// Casts every float parameter, keeping its id (the cast stays in the autodiff graph).

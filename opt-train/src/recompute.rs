@@ -12,9 +12,9 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt_model::attention::build_attention_mask;
-use opt_model::{dropout, loss, Opt};
+use opt_model::{dropout, Opt};
 
-use crate::precision::Precision;
+use crate::precision::{head_loss, Precision};
 
 /// One layer's input, and where the dropout stream stood when the layer started.
 type LayerInput<B> = (Tensor<B, 3>, (u64, u64));
@@ -91,10 +91,7 @@ fn head_backward<B: AutodiffBackend>(
 ) -> (Tensor<B::InnerBackend, 1>, Tensor<B::InnerBackend, 3>) {
     let h = leaf(last);
     let cast = precision.cast(ends.clone());
-    let hidden = cast.finish(h.clone());
-    let weight = cast.lm_head_weight();
-    let chunk = loss::lm_head_chunk(weight.dims()[0]);
-    let loss = loss::chunked_cross_entropy(weight, hidden, targets, scale, chunk);
+    let loss = head_loss(&cast, cast.finish(h.clone()), targets, scale);
     let value = loss.clone().inner();
     let grads = loss.backward();
     let grad = h

@@ -478,6 +478,15 @@ struct ScratchBuffers<T> {
     scores: Vec<T>,
 }
 
+/// PATCHED (vendor/README.md): how many of the `len` keys from `kv_start` on query row `qi` sees
+/// under a causal mask with `causal_offset` (all of them without one): key `k` is visible iff
+/// `k <= qi + offset`.
+fn visible_keys(causal_offset: Option<isize>, qi: usize, kv_start: usize, len: usize) -> usize {
+    causal_offset.map_or(len, |off| {
+        (qi as isize + off + 1 - kv_start as isize).clamp(0, len as isize) as usize
+    })
+}
+
 /// Parameters for a single (batch, head) flash attention computation.
 struct AttentionParams<T> {
     scale: T,
@@ -581,9 +590,7 @@ fn flash_attention_head<T: FlashGemm>(
             let mut tile_max = neg_inf;
 
             // PATCHED: the causal mask as a bound on the row, not a test per element.
-            let visible = causal_offset.map_or(tile_kv, |off| {
-                (qi as isize + off + 1 - kv_start as isize).clamp(0, tile_kv as isize) as usize
-            });
+            let visible = visible_keys(causal_offset, qi, kv_start, tile_kv);
             for (ki, score) in score_row[..visible].iter_mut().enumerate() {
                 let kv_idx = kv_start + ki;
                 let mut val = *score * scale;
@@ -901,9 +908,7 @@ fn naive_attention_head<T: FlashGemm>(
         let mut row_max = neg_inf;
         // PATCHED (vendor/README.md): the causal mask as a bound on the row (keys at or after
         // `visible` are hidden and get probability 0 without an exp), not a test per element.
-        let visible = causal_offset.map_or(seq_kv, |off| {
-            (qi as isize + off + 1).clamp(0, seq_kv as isize) as usize
-        });
+        let visible = visible_keys(causal_offset, qi, 0, seq_kv);
         for (ki, s) in row[..visible].iter_mut().enumerate() {
             let mut val = *s * scale;
 

@@ -79,16 +79,17 @@ where
     // `powf` (which have no SIMD fast path and go straight to
     // `binary_op_typed`) don't pay for a memcpy they can't benefit
     // from. Their strided fallback handles non-contig lhs directly.
-    if simd_hint.is_some() && !lhs.layout().is_contiguous() && rhs.layout().strides().contains(&0) {
-        lhs = lhs.to_contiguous();
-    }
+    //
     // PATCHED (vendor/README.md): a strided operand that is not a broadcast (a slice of a
     // larger tensor, e.g. `total[.., ..end, ..] + part`) is copied contiguous by rows too, so the
     // same fast paths apply instead of the scalar `StridedIter` walk.
     let is_strided = |t: &FlexTensor| {
         !t.layout().is_contiguous() && !t.layout().strides().contains(&0)
     };
-    if simd_hint.is_some() && is_strided(&lhs) {
+    if simd_hint.is_some()
+        && !lhs.layout().is_contiguous()
+        && (rhs.layout().strides().contains(&0) || is_strided(&lhs))
+    {
         lhs = lhs.to_contiguous();
     }
     let rhs_copy;

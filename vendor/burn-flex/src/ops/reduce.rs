@@ -998,23 +998,36 @@ fn reduce_first_dim_f32(
     }
 }
 
-/// PATCHED (vendor/README.md): `f(first column, output block)` over blocks of `out`, on the rayon
-/// pool when the reduction reads at least `4 * PARALLEL_CHUNK` elements. Blocks are multiples of
-/// 64 columns, so every block but the last starts 256-byte aligned relative to `out`.
+/// PATCHED (vendor/README.md): `f(index of the block's first output, output block)` over blocks
+/// of `out` whose lengths are multiples of `multiple`, on the rayon pool when the reduction reads
+/// at least `4 * PARALLEL_CHUNK` elements (`reads`) and `out` holds two blocks or more.
 #[cfg(feature = "simd")]
-fn for_column_blocks<F: Fn(usize, &mut [f32]) + Send + Sync>(out: &mut [f32], rows: usize, f: F) {
+fn for_blocks<F: Fn(usize, &mut [f32]) + Send + Sync>(
+    out: &mut [f32],
+    reads: usize,
+    multiple: usize,
+    f: F,
+) {
     #[cfg(feature = "rayon")]
-    if rows * out.len() >= 4 * super::unary::PARALLEL_CHUNK && out.len() >= 128 {
+    if reads >= 4 * super::unary::PARALLEL_CHUNK && out.len() >= 2 * multiple {
         let block = out
             .len()
             .div_ceil(2 * rayon::current_num_threads())
-            .next_multiple_of(64);
+            .next_multiple_of(multiple);
         out.par_chunks_mut(block)
             .enumerate()
             .for_each(|(i, out)| f(i * block, out));
         return;
     }
     f(0, out)
+}
+
+/// Column blocks of 64 (256 bytes, so every block but the last keeps `out`'s alignment) for a
+/// sum of `rows` rows into `out`.
+#[cfg(feature = "simd")]
+fn for_column_blocks<F: Fn(usize, &mut [f32]) + Send + Sync>(out: &mut [f32], rows: usize, f: F) {
+    let reads = rows * out.len();
+    for_blocks(out, reads, 64, f)
 }
 
 /// Reduce last dimension with SIMD.
@@ -1046,20 +1059,10 @@ fn reduce_last_dim_f32(
     #[cfg(feature = "simd")]
     if matches!(op, ReduceOp::Sum) && outer_stride == dim_size as isize {
         let mut result = vec![0.0f32; rows];
-        let sum_rows = |first: usize, out: &mut [f32]| {
+        for_blocks(&mut result, rows * dim_size, 1, |first, out| {
             let src = &data[start_offset + first * dim_size..];
             kernels::sum_rows_f32(src, out, out.len(), dim_size)
-        };
-        #[cfg(feature = "rayon")]
-        if rows * dim_size >= 4 * super::unary::PARALLEL_CHUNK && rows >= 2 {
-            let block = rows.div_ceil(2 * rayon::current_num_threads());
-            result
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(i, out)| sum_rows(i * block, out));
-            return result;
-        }
-        sum_rows(0, &mut result);
+        });
         return result;
     }
 
