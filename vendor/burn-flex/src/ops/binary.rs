@@ -409,7 +409,9 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    // PATCHED: Send + Sync, as `binary_op_typed` (on the rayon pool) now requires: without the
+    // `simd` feature the crate did not compile.
+    Op: Fn(f32, f32) -> f32 + Send + Sync,
 {
     binary_op_typed(lhs, rhs, op)
 }
