@@ -7,12 +7,14 @@ use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
-use opt::data::packing::splitmix64;
+use opt::data::hash::splitmix64;
 use opt::model::generate::{generate, GenerateConfig};
 use opt::model::{preset, presets, Preset};
 use opt::train::{init_model, train_parallel, Precision, TrainConfig, TrainData, INIT_STD};
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
+
+use crate::measure::{median, peak_rss_mib, threads};
 
 /// What to measure.
 #[derive(Subcommand, Clone)]
@@ -124,26 +126,6 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n)
         .map(|_| 4 + (splitmix64(&mut state) % (vocab as u64 - 4)) as u32)
         .collect()
-}
-
-/// Median of `v` (NaN when empty).
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// This process's peak resident memory in MiB (`VmHWM`; Linux only), host memory of every
-/// backend: on CPU backends that is the tensors' memory too.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Cores this process may use.
-pub fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 struct BenchTrain(BenchTrainArgs);

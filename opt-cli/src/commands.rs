@@ -298,7 +298,7 @@ impl BackendTask for Eval {
         }
         let seq_len = args.seq_len.unwrap_or(model.config.max_position_embeddings);
         let report =
-            opt::train::perplexity(&model, &tokens, seq_len, args.stride, args.batch, &device)?;
+            opt::eval::perplexity(&model, &tokens, seq_len, args.stride, args.batch, &device)?;
         if args.json {
             let mut v = serde_json::to_value(&report)?;
             v["data"] = args.data.display().to_string().into();

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use opt::data::OptTokenizer;
-use opt::model::metaseq::{self, HeadsSource, MetaseqCheckpoint, Precision};
+use opt::model::metaseq::{self, HeadsSource, MetaseqCheckpoint};
+use opt::model::Precision;
 
 /// Checkpoint formats `opt convert` reads.
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -11,7 +11,7 @@ use opt::data::{
 };
 use serde_json::json;
 
-use crate::bench::{median, threads};
+use crate::measure::{median, threads};
 
 /// `opt tokenizer ...`
 #[derive(Subcommand, Clone)]

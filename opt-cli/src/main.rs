@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod convert_cmd;
 mod data_cmd;
+mod measure;
 mod plot_cmd;
 mod progress;
 mod stop;

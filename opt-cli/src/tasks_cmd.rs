@@ -9,8 +9,8 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand, ValueEnum};
 use opt::data::tasks::{self, arrow_rows, fetch, TaskDef, TaskItem, FEWSHOT_SEED, TASKS};
 use opt::data::OptTokenizer;
+use opt::eval::tasks::{evaluate_task, reports_acc_norm, ItemResult, TaskOptions, TaskReport};
 use opt::model::checkpoint;
-use opt::train::tasks::{evaluate_task, reports_acc_norm, ItemResult, TaskOptions, TaskReport};
 use opt::{BackendKind, BackendTask};
 
 /// `opt tasks ...`

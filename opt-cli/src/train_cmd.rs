@@ -31,7 +31,7 @@ pub struct TrainArgs {
     /// (default: Shakespeare, fetched at first use).
     #[arg(long, num_args = 1..)]
     pub data: Vec<PathBuf>,
-    /// Output directory (default: runs/<preset>).
+    /// Output directory (default: `runs/<preset>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its last complete checkpoint.

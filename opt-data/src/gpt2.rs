@@ -19,8 +19,6 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::tokenizer::{OptTokenizer, TokenizerError};
-
 /// Offset of GPT-2's ids in the OPT layout (after `<s>`, `<pad>`, `</s>`, `<unk>`).
 pub const ID_OFFSET: u32 = 4;
 /// GPT-2's `<|endoftext|>` id.
@@ -36,13 +34,10 @@ pub fn to_gpt2_id(id: u32) -> Option<u32> {
     id.checked_sub(ID_OFFSET)
 }
 
-/// Build the built-in GPT-2 tokenizer (about 0.1 s; `</s>` prepended when encoding prompts).
-pub fn gpt2() -> Result<OptTokenizer, TokenizerError> {
-    let err = |m: String| TokenizerError::Load {
-        path: "<built-in gpt2>".into(),
-        message: m,
-    };
-    let bpe = tiktoken_rs::r50k_base().map_err(|e| err(e.to_string()))?;
+/// Build the built-in GPT-2 BPE in OPT's id layout (about 0.1 s); `OptTokenizer::gpt2` wraps it
+/// with OPT's `</s>` prepended to prompts.
+pub fn gpt2_bpe() -> Result<Tokenizer, String> {
+    let bpe = tiktoken_rs::r50k_base().map_err(|e| e.to_string())?;
     let ranks: Vec<Vec<u8>> = bpe
         ._decode_native_and_split((0..GPT2_ENDOFTEXT).collect())
         .collect();
@@ -63,14 +58,14 @@ pub fn gpt2() -> Result<OptTokenizer, TokenizerError> {
         vocab.insert(piece(token), from_gpt2_id(r as u32));
         if token.len() > 1 {
             let (a, b) = split_by_lower_ranks(token, r as u32, &rank_of)
-                .ok_or_else(|| err(format!("rank {r} is not a merge of two lower ranks")))?;
+                .ok_or_else(|| format!("rank {r} is not a merge of two lower ranks"))?;
             merges.push((piece(a), piece(b)));
         }
     }
     let model = BPE::builder()
         .vocab_and_merges(vocab.into_iter().collect::<ahash::AHashMap<_, _>>(), merges)
         .build()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     let mut inner = Tokenizer::new(model);
     inner.with_pre_tokenizer(Some(
         ByteLevel::default()
@@ -79,7 +74,7 @@ pub fn gpt2() -> Result<OptTokenizer, TokenizerError> {
     ));
     inner.with_decoder(Some(ByteLevel::default()));
     inner.add_special_tokens(&[AddedToken::from("<|endoftext|>", true)]);
-    Ok(OptTokenizer::from_inner(inner, true))
+    Ok(inner)
 }
 
 /// The two parts byte-pair merging leaves of `token` when only ranks below `rank` may merge.
@@ -140,16 +135,5 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 256);
-    }
-
-    #[test]
-    fn builtin_layout() {
-        let tok = gpt2().unwrap();
-        assert_eq!(tok.vocab_size(), 50261);
-        assert_eq!(tok.padded_vocab_size(), 50264);
-        // "Hello" is GPT-2 id 15496; the prompt starts with </s> like OPT's.
-        assert_eq!(tok.encode("Hello").unwrap(), vec![2, 15496 + 4]);
-        assert_eq!(tok.encode_plain("<|endoftext|>").unwrap(), vec![50260]);
-        assert_eq!(tok.decode(&[2, 15496 + 4, 2], true).unwrap(), "Hello");
     }
 }

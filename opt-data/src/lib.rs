@@ -1,9 +1,10 @@
-//! Data for OPT: tokenizers, corpora, document packing, token shards and batches.
+#![doc = include_str!("../README.md")]
 
 pub mod corpora;
 pub mod corpus;
 pub mod fsutil;
 pub mod gpt2;
+pub mod hash;
 pub mod packing;
 pub mod prepare;
 pub mod shard;

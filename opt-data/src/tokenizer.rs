@@ -107,12 +107,22 @@ impl OptTokenizer {
     /// `gpt2` (the built-in GPT-2 BPE), a tokenizer directory, or a `tokenizer.json` file.
     pub fn load(spec: &Path) -> Result<Self, TokenizerError> {
         if spec.as_os_str() == "gpt2" && !spec.exists() {
-            crate::gpt2::gpt2()
+            Self::gpt2()
         } else if spec.is_dir() {
             Self::from_dir(spec)
         } else {
             Self::from_tokenizer_json(spec)
         }
+    }
+
+    /// The built-in GPT-2 BPE (`--tokenizer gpt2`; ids in [`crate::gpt2`]'s layout), `</s>`
+    /// prepended to prompts like OPT's.
+    pub fn gpt2() -> Result<Self, TokenizerError> {
+        let inner = crate::gpt2::gpt2_bpe().map_err(|message| TokenizerError::Load {
+            path: "<built-in gpt2>".into(),
+            message,
+        })?;
+        Ok(Self::from_inner(inner, true))
     }
 
     /// Wrap a `tokenizers` tokenizer.
@@ -200,7 +210,7 @@ impl OptTokenizer {
     /// A short content hash of the tokenizer (FNV-1a 64 of its `tokenizer.json` and BOS setting).
     pub fn fingerprint(&self) -> String {
         let json = self.inner.to_string(false).unwrap_or_default();
-        let h = crate::packing::fnv1a64(json.bytes().chain([self.add_bos as u8]), 0);
+        let h = crate::hash::fnv1a64(json.bytes().chain([self.add_bos as u8]), 0);
         format!("fnv1a64:{h:016x}")
     }
 
@@ -293,5 +303,21 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> TokenizerError {
     TokenizerError::Load {
         path: path.into(),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_layout() {
+        let tok = OptTokenizer::gpt2().unwrap();
+        assert_eq!(tok.vocab_size(), 50261);
+        assert_eq!(tok.padded_vocab_size(), 50264);
+        // "Hello" is GPT-2 id 15496; the prompt starts with </s> like OPT's.
+        assert_eq!(tok.encode("Hello").unwrap(), vec![2, 15496 + 4]);
+        assert_eq!(tok.encode_plain("<|endoftext|>").unwrap(), vec![50260]);
+        assert_eq!(tok.decode(&[2, 15496 + 4, 2], true).unwrap(), "Hello");
     }
 }

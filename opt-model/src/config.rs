@@ -126,7 +126,7 @@ impl OptConfig {
 
     /// Number of trainable parameters (the tied LM head counted once).
     pub fn num_params(&self) -> usize {
-        crate::checkpoint::hf_tensor_shapes(self)
+        hf_tensor_shapes(self)
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
@@ -264,6 +264,56 @@ impl OptConfig {
             }
         })
     }
+}
+
+/// HF's key prefix for decoder tensors.
+pub const PREFIX: &str = "model.decoder.";
+
+/// The tensors of an OPT model in HF naming and layout (Linear weights [out, in]).
+pub fn hf_tensor_shapes(config: &OptConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, e, f) = (config.hidden_size, config.embed_dim(), config.ffn_dim);
+    let mut out = vec![
+        (
+            "embed_tokens.weight".to_string(),
+            vec![config.vocab_size, e],
+        ),
+        (
+            "embed_positions.weight".to_string(),
+            vec![config.max_position_embeddings + 2, d],
+        ),
+    ];
+    if config.has_projections() {
+        out.push(("project_in.weight".into(), vec![d, e]));
+        out.push(("project_out.weight".into(), vec![e, d]));
+    }
+    let norm = |out: &mut Vec<_>, name: String| {
+        if config.layer_norm_elementwise_affine {
+            out.push((format!("{name}.weight"), vec![d]));
+            out.push((format!("{name}.bias"), vec![d]));
+        }
+    };
+    if config.has_final_layer_norm() {
+        norm(&mut out, "final_layer_norm".into());
+    }
+    for i in 0..config.num_hidden_layers {
+        let p = format!("layers.{i}");
+        let linear = |out: &mut Vec<_>, name: &str, o: usize, i: usize| {
+            out.push((format!("{p}.{name}.weight"), vec![o, i]));
+            if config.enable_bias {
+                out.push((format!("{p}.{name}.bias"), vec![o]));
+            }
+        };
+        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
+            linear(&mut out, &format!("self_attn.{proj}"), d, d);
+        }
+        linear(&mut out, "fc1", f, d);
+        linear(&mut out, "fc2", d, f);
+        norm(&mut out, format!("{p}.self_attn_layer_norm"));
+        norm(&mut out, format!("{p}.final_layer_norm"));
+    }
+    out.into_iter()
+        .map(|(n, s)| (format!("{PREFIX}{n}"), s))
+        .collect()
 }
 
 impl ConfigError {

@@ -108,7 +108,7 @@ pub fn keyed<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> 
     x * mask * (1.0 / keep)
 }
 
-/// The host-drawn mask `keyed` uses on CPU backends: [shape] of 1/keep (kept) and 0 (dropped).
+/// The host-drawn mask `keyed` uses on CPU backends: `[shape]` of 1/keep (kept) and 0 (dropped).
 /// Element i is kept when the top 32 bits of
 /// mix(key + i·φ) fall below keep·2³², i.e. with probability keep (to 2⁻³²), independently of
 /// every other element under splitmix64's mixing.

@@ -1,10 +1,11 @@
-//! OPT decoder on Burn: config, model, attention with KV cache, generation and HF checkpoints.
+#![doc = include_str!("../README.md")]
 
 pub mod attention;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod dropout;
+pub mod dtype;
 pub mod fsutil;
 pub mod generate;
 pub mod layer;
@@ -15,4 +16,5 @@ pub mod model;
 pub use cache::KvCache;
 pub use checkpoint::{load_pretrained, save_pretrained, CheckpointError};
 pub use config::{preset, presets, ConfigError, OptConfig, Preset};
+pub use dtype::Precision;
 pub use model::{Opt, OptOutput};

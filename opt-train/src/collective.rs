@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
-use crate::train::TrainError;
+use crate::config::TrainError;
 
 /// How the workers of a run are laid out over processes ("nodes").
 #[derive(Debug, Clone)]

@@ -1,22 +1,19 @@
 //! Data-parallel training: one worker thread and one model replica per device, on one node or
-//! several. Every worker runs the same [`Trainer`] loop on its share of each update's
+//! several. Every worker runs the same `Trainer` loop on its share of each update's
 //! micro-batches; one worker alone runs it with no collective at all.
 
-use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
+use opt_data::BlockLoader;
 use opt_model::Opt;
 
 use crate::collective::{self, AbortFlag, Collective, Topology};
+use crate::config::{TrainConfig, TrainData, TrainError};
 use crate::init::init_model;
-use crate::train::{check_run, StepMetrics, TrainConfig, TrainData, TrainError, TrainSummary};
-use crate::trainer::{Seat, Trainer};
-
-/// The step callback of a run (called on this process's first worker).
-pub type OnStep<'a> = &'a mut dyn FnMut(&StepMetrics) -> ControlFlow<()>;
+use crate::trainer::{OnStep, Seat, TrainSummary, Trainer};
 
 /// Train one run on `devices` (one worker each) of this node, joined with the other nodes of
 /// `topology`; returns this node's first replica (all replicas are equal) and the run's summary.
@@ -115,6 +112,54 @@ pub fn train_parallel<B: AutodiffBackend>(
         return Err(e);
     }
     first
+}
+
+/// Check a run's config, backend and data before any worker starts; prepare `out`.
+fn check_run<B: AutodiffBackend>(
+    config: &TrainConfig,
+    data: &TrainData,
+    out: &Path,
+    resume: bool,
+    world: usize,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    config.validate()?;
+    if !config.precision.supported::<B>(device) {
+        return Err(TrainError::Config(format!(
+            "precision {:?} is not supported by this backend (bf16 runs on flex and cuda)",
+            config.precision
+        )));
+    }
+    if world == 0 || !config.grad_accum.is_multiple_of(world) {
+        return Err(TrainError::Config(format!(
+            "{world} workers cannot share an update of {} micro-batches ({} tokens = {} x {} x {}): \
+             choose a worker count that divides {}, or change --batch-tokens / --micro-batch",
+            config.grad_accum,
+            config.tokens_per_step(),
+            config.micro_batch,
+            config.seq_len,
+            config.grad_accum,
+            config.grad_accum
+        )));
+    }
+    let blocks = BlockLoader::new(data.train.clone(), config.seq_len, config.seed).num_blocks();
+    if blocks < config.micro_batch {
+        return Err(TrainError::Config(format!(
+            "the training data has {} tokens: fewer than one micro-batch of {} x {} tokens",
+            data.train.len(),
+            config.micro_batch,
+            config.seq_len + 1
+        )));
+    }
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| TrainError::Io {
+        path: out.into(),
+        message: e.to_string(),
+    })?;
+    if !resume {
+        // A fresh run must not append to another run's metrics.
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    }
+    Ok(())
 }
 
 /// What every worker of this node shares.

@@ -19,7 +19,7 @@ use crate::precision::{head_loss, Precision};
 /// One layer's input, and where the dropout stream stood when the layer started.
 type LayerInput<B> = (Tensor<B, 3>, (u64, u64));
 
-/// The loss of `model` on `inputs` → `targets` times `scale` (as [`Precision::loss`]) and the
+/// The loss of `model` on `inputs` → `targets` times `scale` (as [`crate::precision::compute_loss`]) and the
 /// gradients of every parameter, computed layer by layer with activation recompute.
 pub fn loss_and_grads<B: AutodiffBackend>(
     model: &Opt<B>,

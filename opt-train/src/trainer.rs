@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,14 +15,55 @@ use burn::tensor::backend::AutodiffBackend;
 use opt_data::{Batch, BlockLoader};
 use opt_model::{dropout, Opt};
 
+use opt_eval::validation_loss_part;
+use serde::{Deserialize, Serialize};
+
 use crate::bucket;
-use crate::collective::Collective;
-use crate::optim::{clip_grad_norm, OptAdamW};
-use crate::recompute;
-use crate::train::{
-    check_model_config, checkpoint_dirs, evaluate_part, save_checkpoint, LoopState, Rec,
-    StepMetrics, TrainConfig, TrainData, TrainError, TrainSummary,
+use crate::checkpoint::{
+    check_model_config, checkpoint_dirs, load_checkpoint, save_checkpoint, Loaded, LoopState,
 };
+use crate::collective::{Collective, Fault};
+use crate::config::{TrainConfig, TrainData, TrainError};
+use crate::optim::{clip_grad_norm, OptAdamW};
+use crate::precision::compute_loss;
+use crate::recompute;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub clip_coef: f64,
+    pub tokens_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_ppl: Option<f64>,
+    /// True when the update was skipped because a gradient was not finite.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub skipped: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    pub median_tokens_per_second: f64,
+    pub resumed_from: Option<u64>,
+    /// True when `on_step` stopped the run before `max_steps` (a checkpoint was written at `steps`).
+    pub stopped: bool,
+}
+
+/// The step callback of a run (called on this process's first worker).
+pub type OnStep<'a> = &'a mut dyn FnMut(&StepMetrics) -> ControlFlow<()>;
 
 /// Where a worker sits in its run.
 pub(crate) struct Seat<B: AutodiffBackend> {
@@ -32,7 +74,7 @@ pub(crate) struct Seat<B: AutodiffBackend> {
     /// Its membership in the collective (`None` when it trains alone).
     pub collective: Option<Collective<B::InnerBackend>>,
     /// Test hook: a failure on purpose.
-    pub fault: Option<crate::collective::Fault>,
+    pub fault: Option<Fault>,
 }
 
 /// A worker's model replica, optimizer and place in the run.
@@ -116,7 +158,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// Run updates until `max_steps` or until `on_step` (this process's first worker) asks to stop.
     pub(crate) fn run(
         mut self,
-        mut on_step: Option<crate::parallel::OnStep<'_>>,
+        mut on_step: Option<OnStep<'_>>,
     ) -> Result<(Opt<B>, TrainSummary), TrainError> {
         while self.state.step < self.config.max_steps {
             let started = Instant::now();
@@ -158,22 +200,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let (config, device) = (self.config, &self.device);
         for dir in checkpoint_dirs(self.out) {
             check_model_config(&dir, &config.model)?;
-            let attempt = (|| -> Result<_, String> {
-                let m = self
-                    .model()
-                    .clone()
-                    .load_file(dir.join("model"), &Rec::new(), device)
-                    .map_err(|e| e.to_string())?;
-                let o = OptAdamW::<Opt<B>, B>::new(&config.adamw)
-                    .load(&dir, device)
-                    .map_err(|e| e.to_string())?;
-                let text =
-                    std::fs::read_to_string(dir.join("state.json")).map_err(|e| e.to_string())?;
-                let st: LoopState = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-                Ok((m, o, st))
-            })();
-            match attempt {
-                Ok((model, optim, state)) => {
+            match load_checkpoint(&dir, self.model().clone(), &config.adamw, device) {
+                Ok(Loaded {
+                    model,
+                    optim,
+                    state,
+                }) => {
                     if self.seat.rank == 0 {
                         eprintln!("resuming from {} (step {})", dir.display(), state.step);
                         let saved = state.world_size.max(1);
@@ -267,7 +299,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         if self.config.recompute {
             return recompute::loss_and_grads(model, inputs, targets, scale, precision);
         }
-        let loss = precision.loss(model, inputs, targets, scale);
+        let loss = compute_loss(precision, model, inputs, targets, scale);
         let value = loss.clone().inner();
         (value, GradientsParams::from_grads(loss.backward(), model))
     }
@@ -352,7 +384,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             return Ok(());
         }
         let part = (self.seat.rank, self.seat.world);
-        let (mut sum, mut count) = evaluate_part(
+        let (mut sum, mut count) = validation_loss_part(
             &self.model().valid(),
             &self.data.valid,
             config.seq_len,
@@ -431,7 +463,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             .expect("the model is present between updates")
     }
 
-    /// The test hook of [`crate::Topology::fault`].
+    /// The test hook of [`crate::collective::Topology::fault`].
     fn inject_fault(&self, step: u64) -> Result<(), TrainError> {
         match self.seat.fault {
             Some(f) if f.rank == self.seat.rank && f.step == step => {

@@ -3,8 +3,8 @@
 
 use crate::common::{assert_close, fixture_dirs, int_rows, on_backend, Expected};
 use burn::tensor::backend::AutodiffBackend;
+use opt::eval::perplexity;
 use opt::model::checkpoint;
-use opt::train::perplexity;
 use opt::BackendTask;
 
 struct EvalParity;

@@ -10,7 +10,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt::model::{dropout, Opt, OptConfig};
-use opt::train::{init_model, recompute, Precision};
+use opt::train::{init_model, precision, recompute, Precision};
 use opt::BackendTask;
 
 /// Compares every float parameter's gradient in two gradient sets.
@@ -88,7 +88,7 @@ fn check<B: AutodiffBackend>(name: &str, model: &Opt<B>, precision: Precision, d
     let key = dropout::stream_key(&[7, 1, 0]);
 
     dropout::begin_stream(key);
-    let loss = precision.loss(model, inputs.clone(), targets.clone(), scale);
+    let loss = precision::compute_loss(precision, model, inputs.clone(), targets.clone(), scale);
     let plain_loss = loss.clone().into_scalar().elem::<f64>();
     let plain = GradientsParams::from_grads(loss.backward(), model);
 
@@ -101,10 +101,11 @@ fn check<B: AutodiffBackend>(name: &str, model: &Opt<B>, precision: Precision, d
         rtol: 1e-5,
     };
     assert_close(&format!("{name} loss"), &[loss], &[plain_loss], tol, None);
-    // bf16's unit roundoff (2⁻⁸ relative) for the tied embedding in bf16; f32: as the rest.
+    // bf16's unit roundoff (2⁻⁸ relative; f16's is finer) for the tied embedding in a 16-bit
+    // format; f32: as the rest.
     let tied_tol = match precision {
         Precision::F32 => tol,
-        Precision::Bf16 => Tol {
+        Precision::Bf16 | Precision::F16 => Tol {
             atol: 1e-6,
             rtol: 1.0 / 256.0,
         },

@@ -9,10 +9,10 @@ use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use opt::data::tasks::{self, plan, PlanOptions, PlannedItem, TaskItem, FEWSHOT_SEED};
 use opt::data::OptTokenizer;
-use opt::model::checkpoint;
-use opt::train::tasks::{
+use opt::eval::tasks::{
     aggregate, evaluate_task, item_results, score_planned, ItemResult, Score, TaskOptions,
 };
+use opt::model::checkpoint;
 use opt::BackendTask;
 use serde_json::Value;
 

@@ -13,6 +13,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt::model::{checkpoint, loss, Opt};
+use opt::train::precision::compute_loss;
 use opt::train::{clip_grad_norm, AdamWSettings, DecayRule, LrSchedule, OptAdamW, Precision};
 use opt::BackendTask;
 
@@ -104,7 +105,13 @@ fn run_variant<B: AutodiffBackend>(
         );
         // The training path: fused attention and the chunked LM head + loss. Position t
         // predicts token t + 1, as in HF's shifted loss; the last token is not fed.
-        let loss = Precision::F32.loss(&model, shifted(0..t - 1), shifted(1..t), 1.0);
+        let loss = compute_loss(
+            Precision::F32,
+            &model,
+            shifted(0..t - 1),
+            shifted(1..t),
+            1.0,
+        );
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         let d = assert_close(
             &format!("{name} loss step {k}"),

@@ -9,7 +9,7 @@ use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Flex, Wgpu};
 use burn::prelude::*;
 use opt::backend::BackendKind;
-use opt::data::packing::splitmix64;
+use opt::data::hash::splitmix64;
 use opt::model::{checkpoint, loss, KvCache, Opt, OptConfig};
 use opt::train::init_model;
 

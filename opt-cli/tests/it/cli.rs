@@ -116,7 +116,7 @@ impl BackendTask for LibraryEval {
         let tok = OptTokenizer::from_dir(&self.model).unwrap();
         let (tokens, _) = text_tokens(&self.data, &tok, &CorpusOptions::default()).unwrap();
         let r =
-            opt::train::perplexity(&model, &tokens, self.seq_len, self.stride, 1, &device).unwrap();
+            opt::eval::perplexity(&model, &tokens, self.seq_len, self.stride, 1, &device).unwrap();
         (r.tokens, r.mean_loss)
     }
 }

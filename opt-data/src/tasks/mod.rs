@@ -2,7 +2,7 @@
 //! (lm-eval 0.4) builds them: our task format, converters from each source dataset, lm-eval's
 //! few-shot sampler, its prompts and its context/continuation tokenization.
 //!
-//! Scoring a request with a model is `opt_train::tasks`; this crate holds everything that needs
+//! Scoring a request with a model is `opt_eval::tasks`; this crate holds everything that needs
 //! no model.
 
 pub mod arrow_rows;

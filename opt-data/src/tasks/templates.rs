@@ -115,10 +115,7 @@ impl TaskDef {
 
 /// FNV-1a of the row's JSON text (serde_json keeps a stable key order).
 fn source_hash(row: &Value) -> String {
-    format!(
-        "{:016x}",
-        crate::packing::fnv1a64(row.to_string().bytes(), 0)
-    )
+    format!("{:016x}", crate::hash::fnv1a64(row.to_string().bytes(), 0))
 }
 
 /// An item with a shared context.
@@ -283,7 +280,7 @@ fn winogrande(row: &Value) -> Result<TaskItem, String> {
     })
 }
 
-/// lm-eval's hellaswag `preprocess`: strip, " [title]" -> ". ", drop `[...]` spans (non-greedy,
+/// lm-eval's hellaswag `preprocess`: strip, `" [title]"` -> `". "`, drop `[...]` spans (non-greedy,
 /// not across lines), then one pass of "  " -> " ".
 pub fn hellaswag_preprocess(text: &str) -> String {
     let text = py_strip(text).replace(" [title]", ". ");

@@ -28,7 +28,7 @@ fn exported_tokenizer_json_adds_bos_like_opt() {
     // writes it, the same BPE prepends `</s>`.
     let plain = OptTokenizer::from_dir(fixture("bpe-small")).unwrap();
     let trained = OptTokenizer::from_inner(plain.inner().clone(), true);
-    let gpt2 = opt_data::gpt2::gpt2().unwrap();
+    let gpt2 = OptTokenizer::gpt2().unwrap();
     for (name, tok) in [
         ("bpe-small", trained),
         ("gpt2", gpt2),
