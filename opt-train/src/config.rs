@@ -184,7 +184,10 @@ mod tests {
         assert!(config.validate().is_ok());
         config.precision = Precision::F16;
         let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("precision f16 needs dynamic loss scaling"), "{message}");
+        assert!(
+            message.contains("precision f16 needs dynamic loss scaling"),
+            "{message}"
+        );
         config.precision = Precision::Bf16;
         assert!(config.validate().is_ok());
     }

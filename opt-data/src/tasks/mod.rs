@@ -6,6 +6,7 @@
 //! no model.
 
 pub mod arrow_rows;
+pub mod catalog;
 pub mod fetch;
 pub mod fewshot;
 pub mod format;
@@ -14,11 +15,11 @@ pub mod pyrandom;
 pub mod requests;
 pub mod templates;
 
+pub use catalog::{task, Metrics, PaperTask, TaskDef, PAPER_TASKS, TASKS};
 pub use fewshot::{FewshotSampler, FEWSHOT_SEED};
 pub use format::{read_items, write_items, TaskItem};
 pub use plan::{plan, PlanOptions, PlannedItem};
 pub use requests::{encode_request, fewshot_prefix, model_input, Encoded, ModelInput, Request};
-pub use templates::{task, TaskDef, TASKS};
 
 use std::path::PathBuf;
 

