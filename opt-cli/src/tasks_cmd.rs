@@ -103,7 +103,7 @@ fn list(dir: &Path) -> Result<()> {
         let state = data_state(dir, def);
         let metrics = metric_names(def.metrics).join(", ");
         println!(
-            "  {:<16} {:<24} {metrics:<17} {state}",
+            "  {:<16} {:<26} {metrics:<17} {state}",
             def.name, def.dataset
         );
     }
