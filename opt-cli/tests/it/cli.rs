@@ -610,7 +610,14 @@ fn zero_shot_task_fixture() -> (PathBuf, serde_json::Value) {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect(),
-        Err(_) => vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tasks")],
+        Err(_) => ["tasks", "tasks-more"]
+            .iter()
+            .map(|d| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/fixtures")
+                    .join(d)
+            })
+            .collect(),
     };
     let mut files: Vec<PathBuf> = roots
         .iter()
