@@ -184,6 +184,7 @@ impl BackendTask for Generate {
                 top_p: args.top_p,
                 repetition_penalty: args.repetition_penalty,
                 seed: args.seed,
+                ..Default::default()
             },
             ..Default::default()
         };

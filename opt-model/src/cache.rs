@@ -65,6 +65,16 @@ impl<B: Backend> LayerCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keys and values of batch rows `rows`, last `keep` positions only: [rows, keep, h, hd].
+    fn tail(&self, rows: Tensor<B, 1, Int>, keep: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, _, h, hd] = self.k.dims();
+        let range = [0..b, self.len - keep..self.len, 0..h, 0..hd];
+        (
+            self.k.clone().slice(range.clone()).select(0, rows.clone()),
+            self.v.clone().slice(range).select(0, rows),
+        )
+    }
 }
 
 /// The cache of every layer of a decoder.
@@ -98,6 +108,11 @@ impl<B: Backend> KvCache<B> {
         self.layers.first().map_or(0, LayerCache::len)
     }
 
+    /// The device the cache lives on.
+    pub fn device(&self) -> B::Device {
+        self.layers[0].k.device()
+    }
+
     /// Every layer's cache of batch rows `rows`.
     pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
         Self {
@@ -112,5 +127,39 @@ impl<B: Backend> KvCache<B> {
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A cache of `capacity` positions whose rows are the chosen rows of each part, in order,
+    /// each part's positions moved so that they end at `len` (left padding: a part shorter than
+    /// `len` gets empty positions in front; a longer one loses its first positions, which must
+    /// be padding for the chosen rows). Continuous batching merges and trims caches this way.
+    pub fn stack(parts: &[(&Self, Tensor<B, 1, Int>)], len: usize, capacity: usize) -> Self {
+        assert!(
+            len <= capacity,
+            "stacked length {len} > capacity {capacity}"
+        );
+        let first = parts.first().expect("at least one cache to stack").0;
+        let batch: usize = parts.iter().map(|(_, rows)| rows.dims()[0]).sum();
+        let layers = (0..first.layers.len())
+            .map(|i| {
+                let [_, _, h, hd] = first.layers[i].k.dims();
+                let device = first.layers[i].k.device();
+                let mut layer = LayerCache::new(batch, h, capacity, hd, &device);
+                let mut row = 0;
+                for (cache, rows) in parts {
+                    let n = rows.dims()[0];
+                    let part = &cache.layers[i];
+                    let keep = part.len.min(len);
+                    let (k, v) = part.tail(rows.clone(), keep);
+                    let range = [row..row + n, len - keep..len, 0..h, 0..hd];
+                    layer.k = layer.k.slice_assign(range.clone(), k);
+                    layer.v = layer.v.slice_assign(range, v);
+                    row += n;
+                }
+                layer.len = len;
+                layer
+            })
+            .collect();
+        Self { layers }
     }
 }

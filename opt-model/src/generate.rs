@@ -1,11 +1,10 @@
 //! Batched generation with a KV cache: greedy and sampled decoding, left padding, per-row EOS.
 
 use burn::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::cache::KvCache;
 use crate::model::Opt;
+pub use crate::sampling::{argmax, Sampler, Sampling, SamplingError};
 
 /// Errors for requests that cannot be generated.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -19,40 +18,10 @@ pub enum GenerateError {
         max_new_tokens: usize,
         max_positions: usize,
     },
-    #[error("top_p = {0} must be in (0, 1]")]
-    TopP(f64),
-    #[error("temperature = {0} must be >= 0 (0 = greedy)")]
-    Temperature(f64),
-    #[error("top_k must be at least 1")]
-    TopK,
-    #[error("repetition_penalty = {0} must be > 0")]
-    RepetitionPenalty(f64),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
     #[error("token id {id} in prompt {index} is outside the vocabulary ({vocab})")]
     TokenOutOfRange { index: usize, id: u32, vocab: usize },
-}
-
-/// How the next token is chosen.
-#[derive(Debug, Clone)]
-pub struct Sampling {
-    /// 0 means greedy (argmax, first index on ties).
-    pub temperature: f64,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f64>,
-    /// HF's repetition penalty (1.0 = off).
-    pub repetition_penalty: f64,
-    pub seed: u64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            repetition_penalty: 1.0,
-            seed: 0,
-        }
-    }
 }
 
 /// A generation request's settings.
@@ -147,7 +116,7 @@ pub fn generate<B: Backend>(
             let token = if finished[r] {
                 config.pad_token_id
             } else {
-                sampler.next(row, &ids[r], &mask[r])
+                sampler.next(row, &prompts[r], &out.new_tokens[r])
             };
             step.push((!finished[r]).then_some(token));
             if !finished[r] {
@@ -174,22 +143,7 @@ fn validate<B: Backend>(
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
 ) -> Result<(), GenerateError> {
-    let s = &config.sampling;
-    if let Some(p) = s.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(GenerateError::TopP(p));
-        }
-    }
-    if s.top_k == Some(0) {
-        return Err(GenerateError::TopK);
-    }
-    // Written so that NaN is rejected too.
-    if s.temperature.is_nan() || s.temperature < 0.0 {
-        return Err(GenerateError::Temperature(s.temperature));
-    }
-    if s.repetition_penalty.is_nan() || s.repetition_penalty <= 0.0 {
-        return Err(GenerateError::RepetitionPenalty(s.repetition_penalty));
-    }
+    config.sampling.validate()?;
     let max_positions = model.config.max_position_embeddings;
     let vocab = model.config.vocab_size;
     for (index, p) in prompts.iter().enumerate() {
@@ -220,83 +174,4 @@ fn int_tensor<B: Backend>(rows: &[Vec<u32>], skip: usize, device: &B::Device) ->
         .flat_map(|r| r[skip..].iter().map(|&x| x as i64))
         .collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), width]), device)
-}
-
-/// Chooses tokens from float32 logits on the host (exact ties, seeded RNG).
-struct Sampler {
-    config: Sampling,
-    rng: StdRng,
-}
-
-impl Sampler {
-    fn new(config: &Sampling) -> Self {
-        Self {
-            config: config.clone(),
-            rng: StdRng::seed_from_u64(config.seed),
-        }
-    }
-
-    /// The next token for a row whose tokens so far are `ids` (`mask` 0 = padding).
-    fn next(&mut self, logits: &[f32], ids: &[u32], mask: &[u32]) -> u32 {
-        let mut logits = logits.to_vec();
-        let penalty = self.config.repetition_penalty as f32;
-        if penalty != 1.0 {
-            let mut seen = vec![false; logits.len()];
-            for (&id, _) in ids.iter().zip(mask).filter(|(_, &m)| m == 1) {
-                if !std::mem::replace(&mut seen[id as usize], true) {
-                    let l = &mut logits[id as usize];
-                    *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
-                }
-            }
-        }
-        if self.config.temperature == 0.0 {
-            return argmax(&logits) as u32;
-        }
-        let t = self.config.temperature as f32;
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        if let Some(k) = self.config.top_k {
-            order.truncate(k.min(order.len()));
-        }
-        let max = logits[order[0]] / t;
-        let mut probs: Vec<f64> = order
-            .iter()
-            .map(|&i| ((logits[i] / t - max) as f64).exp())
-            .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        if let Some(top_p) = self.config.top_p {
-            // Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            let mut mass = 0.0;
-            let keep = probs
-                .iter()
-                .position(|p| {
-                    mass += p;
-                    mass >= top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-            order.truncate(keep);
-        }
-        let total: f64 = probs.iter().sum();
-        let mut u = self.rng.random::<f64>() * total;
-        for (p, &i) in probs.iter().zip(&order) {
-            u -= p;
-            if u <= 0.0 {
-                return i as u32;
-            }
-        }
-        *order.last().expect("at least one candidate") as u32
-    }
-}
-
-/// Index of the largest value, the first one on ties (like torch.argmax).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -12,6 +12,7 @@ pub mod layer;
 pub mod loss;
 pub mod metaseq;
 pub mod model;
+pub mod sampling;
 
 pub use cache::KvCache;
 pub use checkpoint::{load_pretrained, save_pretrained, CheckpointError};
