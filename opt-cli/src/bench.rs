@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Greedy generation with the KV cache from random prompts (prefill included).
     Generate(BenchGenerateArgs),
+    /// An OpenAI-compatible server under N concurrent streaming clients (continuous batching).
+    Serve(crate::bench_serve::BenchServeArgs),
     /// Document tokenization (as `opt data prepare` runs it) vs `tokenizers`' encode_batch.
     Data(crate::data_cmd::BenchDataArgs),
 }
@@ -106,6 +108,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             opt::backend::run(a.backend.parse::<BackendKind>()?, BenchGenerate(a))?
         }
         BenchCommand::Data(a) => crate::data_cmd::bench(a),
+        BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
 }
 
@@ -121,7 +124,7 @@ pub fn find_preset(name: &str) -> Result<Preset> {
 }
 
 /// Seeded uniform token ids in 4..vocab (no special tokens), from splitmix64.
-fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut state = seed;
     (0..n)
         .map(|_| 4 + (splitmix64(&mut state) % (vocab as u64 - 4)) as u32)

@@ -1,12 +1,14 @@
 //! The `opt` command: parses arguments, then calls the libraries.
 
 mod bench;
+mod bench_serve;
 mod commands;
 mod convert_cmd;
 mod data_cmd;
 mod measure;
 mod plot_cmd;
 mod progress;
+mod serve_cmd;
 mod stop;
 mod tasks_cmd;
 mod train_cmd;
@@ -43,6 +45,8 @@ enum Command {
     Coordinator(train_cmd::CoordinatorArgs),
     /// Generate text from a checkpoint.
     Generate(commands::GenerateArgs),
+    /// Serve a checkpoint over HTTP: OpenAI-compatible completions with continuous batching.
+    Serve(serve_cmd::ServeArgs),
     /// Perplexity of a checkpoint on a text file or prepared token shards.
     Eval(commands::EvalArgs),
     /// Import a metaseq checkpoint (.pt parts) into an HF-layout directory.
@@ -113,6 +117,7 @@ fn run(command: Command) -> Result<()> {
         Command::Train(args) => train_cmd::run(*args),
         Command::Coordinator(args) => train_cmd::coordinator(args),
         Command::Eval(args) => commands::eval(args),
+        Command::Serve(args) => serve_cmd::serve(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Plot(args) => plot_cmd::plot(args),
         Command::Tasks(command) => tasks_cmd::tasks(command),

@@ -13,6 +13,7 @@ mod generation_parity;
 mod hf_parity;
 mod metaseq_import;
 mod recompute;
+mod serve;
 mod task_parity;
 mod tokenizer_parity;
 mod train_loop;

@@ -3,6 +3,7 @@
 //! tokenizer larger than the model).
 
 mod parallel;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
