@@ -3,18 +3,16 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
-use opt::data::hash::splitmix64;
 use opt::model::generate::{generate, GenerateConfig};
-use opt::model::{preset, presets, Preset};
 use opt::train::{init_model, train_parallel, Precision, TrainConfig, TrainData, INIT_STD};
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
 
-use crate::measure::{median, peak_rss_mib, threads};
+use crate::measure::{find_preset, median, peak_rss_mib, random_tokens, threads};
 
 /// What to measure.
 #[derive(Subcommand, Clone)]
@@ -110,25 +108,6 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Data(a) => crate::data_cmd::bench(a),
         BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
-}
-
-/// The preset `name`, or an error listing the choices.
-pub fn find_preset(name: &str) -> Result<Preset> {
-    preset(name).with_context(|| {
-        let names: Vec<_> = presets().iter().map(|p| p.name).collect();
-        format!(
-            "unknown preset `{name}`; choose one of {}",
-            names.join(", ")
-        )
-    })
-}
-
-/// Seeded uniform token ids in 4..vocab (no special tokens), from splitmix64.
-pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| 4 + (splitmix64(&mut state) % (vocab as u64 - 4)) as u32)
-        .collect()
 }
 
 struct BenchTrain(BenchTrainArgs);

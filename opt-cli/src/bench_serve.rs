@@ -17,8 +17,7 @@ use opt::train::{init_model, INIT_STD};
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
 
-use crate::bench::{find_preset, random_tokens};
-use crate::measure::{median, threads};
+use crate::measure::{find_preset, median, random_tokens, threads};
 
 /// Arguments of `opt bench serve`.
 #[derive(Args, Clone)]
@@ -84,27 +83,35 @@ impl BackendTask for Started {
             api_key: None,
             max_body_bytes: 1 << 20,
         };
-        let state = opt::serve::start(load, OptTokenizer::gpt2()?, limits, engine, http);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = runtime.spawn(opt::serve::serve(
-            listener,
-            state,
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(1),
-        ));
-        wait_ready(&url)?;
-        let result = measure_all(&a, &url, limits.vocab_size);
-        let _ = stop.send(());
-        let _ = runtime.block_on(server);
-        result
+        let (state, runner) =
+            opt::serve::prepare(load, OptTokenizer::gpt2()?, limits, engine, http);
+        // The engine on this thread (a thread of the kernels' pool, as in `opt serve`); the
+        // server and the clients on others.
+        let clients = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = runtime.spawn(opt::serve::serve(
+                listener,
+                state,
+                async move {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(1),
+            ));
+            let result = wait_ready(&url).and_then(|_| measure_all(&a, &url, limits.vocab_size));
+            let _ = stop.send(());
+            let _ = runtime.block_on(server);
+            result
+        });
+        runner.run();
+        clients
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
     }
 }
 

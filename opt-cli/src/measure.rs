@@ -1,4 +1,9 @@
-//! What every benchmark reports beside its figure: medians, the cores in use, peak memory.
+//! What every benchmark reports beside its figure (medians, the cores in use, peak memory) and
+//! what it runs on (a preset's shape, random tokens).
+
+use anyhow::{Context, Result};
+use opt::data::hash::splitmix64;
+use opt::model::{preset, presets, Preset};
 
 /// Median of `v` (NaN when empty).
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -18,4 +23,23 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// Cores this process may use.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The preset `name`, or an error listing the choices.
+pub fn find_preset(name: &str) -> Result<Preset> {
+    preset(name).with_context(|| {
+        let names: Vec<_> = presets().iter().map(|p| p.name).collect();
+        format!(
+            "unknown preset `{name}`; choose one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// Seeded uniform token ids in 4..vocab (no special tokens), from splitmix64.
+pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| 4 + (splitmix64(&mut state) % (vocab as u64 - 4)) as u32)
+        .collect()
 }

@@ -109,52 +109,68 @@ impl BackendTask for Serve {
         let load = move || {
             checkpoint::load_pretrained::<B::InnerBackend>(&dir, &device).map_err(|e| e.to_string())
         };
-        let state = opt::serve::start(load, tokenizer, limits, engine, http);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let addr: SocketAddr = format!("{}:{}", a.host, a.port)
-                .parse()
-                .with_context(|| format!("--host {} --port {} is not an address", a.host, a.port))?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let local = listener.local_addr()?;
-            eprintln!(
-                "opt serve: model `{name}` ({}) on {} backend, listening on http://{local}{}",
-                a.model.display(),
-                a.backend,
-                if a.api_key.is_some() { " (API key required)" } else { "" }
-            );
-            let engine = state.engine.clone();
-            let failed = async move {
-                loop {
-                    if let EngineState::Failed(why) = engine.state() {
-                        return why;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
-            let shutdown = async move {
-                tokio::select! {
-                    _ = opt::serve::shutdown_signal() => eprintln!("opt serve: draining (new requests get 503)"),
-                    why = failed => { let _ = stop_tx.send(why); }
-                }
-            };
-            let drain = Duration::from_secs_f64(a.drain_timeout);
-            opt::serve::serve(listener, state, shutdown, drain).await?;
-            match stop_rx.await {
-                Ok(why) => bail!("the model could not be served: {why}"),
-                Err(_) => {
-                    eprintln!("opt serve: stopped");
-                    Ok(())
-                }
-            }
-        })
+        let (state, runner) = opt::serve::prepare(load, tokenizer, limits, engine, http);
+        // The HTTP side on threads of its own; the engine on this one, a thread of the pool the
+        // CPU kernels run on (see `main.rs`). On a thread outside the pool, whose idle workers
+        // spin against it, 8 streaming clients got 37 new tokens/s of opt-125m instead of 63.
+        let server = std::thread::spawn(move || http_server(a, name, state));
+        runner.run();
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("the HTTP server thread panicked"))?
     }
+}
+
+/// Listen, serve until SIGTERM/SIGINT (or until the model fails to load), drain, return.
+fn http_server(
+    a: ServeArgs,
+    name: String,
+    state: std::sync::Arc<opt::serve::AppState>,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let addr: SocketAddr = format!("{}:{}", a.host, a.port)
+            .parse()
+            .with_context(|| format!("--host {} --port {} is not an address", a.host, a.port))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "opt serve: model `{name}` ({}) on {} backend, listening on http://{local}{}",
+            a.model.display(),
+            a.backend,
+            if a.api_key.is_some() { " (API key required)" } else { "" }
+        );
+        let engine = state.engine.clone();
+        let failed = async move {
+            loop {
+                if let EngineState::Failed(why) = engine.state() {
+                    return why;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
+        let shutdown = async move {
+            tokio::select! {
+                _ = opt::serve::shutdown_signal() => eprintln!("opt serve: draining (new requests get 503)"),
+                why = failed => { let _ = stop_tx.send(why); }
+            }
+        };
+        let drain = Duration::from_secs_f64(a.drain_timeout);
+        opt::serve::serve(listener, state, shutdown, drain).await?;
+        match stop_rx.await {
+            Ok(why) => bail!("the model could not be served: {why}"),
+            Err(_) => {
+                eprintln!("opt serve: stopped");
+                Ok(())
+            }
+        }
+    })
 }
 
 /// A model directory's name (`runs/x/model` gives `x`).

@@ -348,7 +348,7 @@ fn resolve_config(args: &TrainArgs, out: &std::path::Path, resume: bool) -> Resu
         )
         .with_context(|| format!("parsing {}", path.display()))?,
         None => {
-            let p = crate::bench::find_preset(&args.preset)?;
+            let p = crate::measure::find_preset(&args.preset)?;
             let default_steps = if p.config.vocab_size == 50272 {
                 1000
             } else {

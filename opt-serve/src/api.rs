@@ -7,8 +7,8 @@ use opt_data::OptTokenizer;
 use opt_model::generate::Sampling;
 use serde::Deserialize;
 
-use crate::engine::Job;
 use crate::error::ApiError;
+use crate::job::Job;
 
 /// Most `stop` strings a request may give (OpenAI's limit).
 pub const MAX_STOP: usize = 4;

@@ -9,7 +9,7 @@ use opt_data::OptTokenizer;
 use opt_model::generate::Sampler;
 use opt_model::{loss, KvCache, Opt};
 
-use crate::engine::{Event, EventSender, FinishReason, Job, TokenOut};
+use crate::job::{Event, EventSender, FinishReason, Job, TokenOut};
 use crate::metrics::Metrics;
 use crate::text::TextState;
 

@@ -11,76 +11,11 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::Backend;
 use opt_data::OptTokenizer;
-use opt_model::generate::Sampling;
 use opt_model::Opt;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::batch::{Batch, Row};
+pub use crate::job::{Event, EventSender, FinishReason, Job, TokenOut};
 use crate::metrics::Metrics;
-
-/// One sequence to generate: a prompt and its settings.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub prompt: Vec<u32>,
-    /// New tokens at most (0: score the prompt only).
-    pub max_tokens: usize,
-    pub sampling: Sampling,
-    /// The text is cut before the first of these, and the sequence stops.
-    pub stop: Vec<String>,
-    /// Keep going after `</s>`.
-    pub ignore_eos: bool,
-    /// Log-probabilities of the chosen tokens and this many top alternatives.
-    pub logprobs: Option<usize>,
-    /// Also report the prompt tokens' log-probabilities (with `logprobs`).
-    pub echo: bool,
-}
-
-/// A token as the client sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenOut {
-    pub id: u32,
-    /// log p(token) under the model (before sampling settings); `None` for the first prompt token.
-    pub logprob: Option<f32>,
-    /// The most likely tokens at this position with their log-probabilities, best first.
-    pub top: Vec<(u32, f32)>,
-    /// Text that became final with this token (possibly empty: held back, see `text.rs`).
-    pub text: String,
-}
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// `</s>` or a stop string.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-}
-
-impl FinishReason {
-    /// OpenAI's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-        }
-    }
-}
-
-/// What the engine sends about sequence `index` of a request.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// The prompt was run (`echo`): its tokens and log-probabilities when `logprobs` is set.
-    Prompt(Vec<TokenOut>),
-    /// One new token.
-    Token(TokenOut),
-    /// The sequence is complete; any text still held back comes with it.
-    Done { reason: FinishReason, text: String },
-    /// The sequence failed (the engine could not run it).
-    Failed(String),
-}
-
-/// Events of a request: (sequence index in the request, event).
-pub type EventSender = UnboundedSender<(usize, Event)>;
 
 /// Limits of the batch.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +61,17 @@ struct Submission {
     arrived: Instant,
 }
 
+/// The engine loop, not started yet: `run` loads the model and serves until every handle is
+/// gone and no sequence is left.
+pub struct EngineRunner(Box<dyn FnOnce() + Send>);
+
+impl EngineRunner {
+    /// Run the engine on this thread.
+    pub fn run(self) {
+        (self.0)()
+    }
+}
+
 /// State the HTTP side and the engine thread share.
 struct Shared {
     state: Mutex<EngineState>,
@@ -144,13 +90,14 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Start the engine thread: it loads the model with `load`, then serves.
-    pub fn start<B, F>(
+    /// The handle and the engine loop, for a caller that runs the loop on a thread it chooses
+    /// (on CPU backends: a thread of the pool the kernels run on, see `opt serve`).
+    pub fn new<B, F>(
         load: F,
         tokenizer: Arc<OptTokenizer>,
         options: EngineOptions,
         metrics: Arc<Metrics>,
-    ) -> Self
+    ) -> (Self, EngineRunner)
     where
         B: Backend,
         F: FnOnce() -> Result<Opt<B>, String> + Send + 'static,
@@ -164,43 +111,39 @@ impl EngineHandle {
             metrics,
         });
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("opt-engine".into())
-            .spawn(move || {
-                let model = match load() {
-                    Ok(m) => m,
-                    Err(e) => return thread_shared.set_state(EngineState::Failed(e)),
-                };
-                thread_shared.set_state(EngineState::Ready);
-                let engine = Engine {
-                    model,
-                    tokenizer,
-                    options,
-                    shared: thread_shared.clone(),
-                    inbox,
-                    waiting: VecDeque::new(),
-                    batch: Batch::default(),
-                };
-                // A panic in a kernel must not leave clients waiting forever: their channels
-                // close with the engine, and the state says why.
-                let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run()));
-                if let Err(panic) = outcome {
-                    let why = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    thread_shared
-                        .set_state(EngineState::Failed(format!("the engine stopped: {why}")));
-                }
-            })
-            .expect("spawn the engine thread");
-        Self {
+        let run = move || {
+            let model = match load() {
+                Ok(m) => m,
+                Err(e) => return thread_shared.set_state(EngineState::Failed(e)),
+            };
+            thread_shared.set_state(EngineState::Ready);
+            let engine = Engine {
+                model,
+                tokenizer,
+                options,
+                shared: thread_shared.clone(),
+                inbox,
+                waiting: VecDeque::new(),
+                batch: Batch::default(),
+            };
+            // A panic in a kernel must not leave clients waiting forever: their channels close
+            // with the engine, and the state says why.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run()));
+            if let Err(panic) = outcome {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                thread_shared.set_state(EngineState::Failed(format!("the engine stopped: {why}")));
+            }
+        };
+        let handle = Self {
             submit,
             shared,
             options,
-        }
+        };
+        (handle, EngineRunner(Box::new(run)))
     }
 
     /// Queue a request's sequences; their events arrive on `events`.

@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::api::{self, Checked, ModelLimits};
-use crate::engine::{EngineHandle, EngineState, Event, SubmitError};
+use crate::engine::{EngineHandle, EngineState, SubmitError};
 use crate::error::ApiError;
+use crate::job::Event;
 use crate::metrics::Metrics;
 use crate::response::{self, Choice, Header};
 

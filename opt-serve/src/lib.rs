@@ -5,13 +5,14 @@ pub mod batch;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod job;
 pub mod metrics;
 pub mod response;
 pub mod server;
 pub mod text;
 
 pub use api::ModelLimits;
-pub use engine::{EngineHandle, EngineOptions, EngineState, Job};
+pub use engine::{EngineHandle, EngineOptions, EngineRunner, EngineState, Job};
 pub use error::ApiError;
 pub use http::{router, AppState, HttpOptions};
 pub use metrics::Metrics;
@@ -24,7 +25,8 @@ use burn::prelude::Backend;
 use opt_data::OptTokenizer;
 use opt_model::Opt;
 
-/// Start the engine (loading the model with `load` on its thread) and build the server's state.
+/// Start the engine on a thread of its own (loading the model with `load` there) and build the
+/// server's state.
 pub fn start<B, F>(
     load: F,
     tokenizer: OptTokenizer,
@@ -36,15 +38,36 @@ where
     B: Backend,
     F: FnOnce() -> Result<Opt<B>, String> + Send + 'static,
 {
+    let (state, runner) = prepare(load, tokenizer, limits, engine, http);
+    std::thread::Builder::new()
+        .name("opt-engine".into())
+        .spawn(move || runner.run())
+        .expect("spawn the engine thread");
+    state
+}
+
+/// The server's state and the engine loop, which the caller runs on a thread of its choice.
+pub fn prepare<B, F>(
+    load: F,
+    tokenizer: OptTokenizer,
+    limits: ModelLimits,
+    engine: EngineOptions,
+    http: HttpOptions,
+) -> (Arc<AppState>, EngineRunner)
+where
+    B: Backend,
+    F: FnOnce() -> Result<Opt<B>, String> + Send + 'static,
+{
     let metrics = Arc::new(Metrics::new());
     let tokenizer = Arc::new(tokenizer);
-    let handle = EngineHandle::start(load, tokenizer.clone(), engine, metrics.clone());
-    Arc::new(AppState {
+    let (handle, runner) = EngineHandle::new(load, tokenizer.clone(), engine, metrics.clone());
+    let state = Arc::new(AppState {
         engine: handle,
         tokenizer,
         limits,
         options: http,
         metrics,
         draining: AtomicBool::new(false),
-    })
+    });
+    (state, runner)
 }

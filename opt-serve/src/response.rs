@@ -4,7 +4,7 @@
 use opt_data::OptTokenizer;
 use serde_json::{json, Value};
 
-use crate::engine::{FinishReason, TokenOut};
+use crate::job::{FinishReason, TokenOut};
 
 /// What one choice has received so far.
 #[derive(Debug, Default)]

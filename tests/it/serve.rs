@@ -25,21 +25,30 @@ fn on_wgpu() -> bool {
     std::env::var("OPT_BACKEND").is_ok_and(|b| b == "wgpu")
 }
 
-/// Text to train a small tokenizer on.
+/// Text to train a tokenizer of the fixture models' 1,000 ids on: made-up words of ASCII
+/// letters, so that every id decodes to distinct, non-empty text.
 fn corpus() -> Vec<String> {
-    let words = [
-        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "cat",
+    let syllables = [
+        "ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "sh", "qu", "by", "xo", "fa",
     ];
     let mut x = 11u64;
-    (0..300)
+    let mut next = move |n: usize| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as usize % n
+    };
+    let words: Vec<String> = (0..3000)
         .map(|_| {
-            (0..10)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    words[(x >> 33) as usize % words.len()]
-                })
+            (0..2 + next(4))
+                .map(|_| syllables[next(syllables.len())])
+                .collect()
+        })
+        .collect();
+    (0..2000)
+        .map(|_| {
+            (0..12)
+                .map(|_| words[next(words.len())].as_str())
                 .collect::<Vec<_>>()
                 .join(" ")
                 + "."
@@ -49,7 +58,7 @@ fn corpus() -> Vec<String> {
 
 /// A model folder: the first `forward` fixture (vocab 1000, 128 positions) or, with `long`, a
 /// random 8-layer model with 2048 positions (for requests that must last seconds), plus a
-/// 300-id tokenizer trained here.
+/// 1,000-id tokenizer trained here.
 fn model_dir(tmp: &Path, long: bool) -> PathBuf {
     let dir = tmp.join("model");
     std::fs::create_dir_all(&dir).unwrap();
@@ -70,7 +79,8 @@ fn model_dir(tmp: &Path, long: bool) -> PathBuf {
             std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
         }
     }
-    opt::data::train_bpe(corpus().into_iter(), 300, &dir).unwrap();
+    let tok = opt::data::train_bpe(corpus().into_iter(), 1000, &dir).unwrap();
+    assert_eq!(tok.vocab_size(), 1000, "every model id has a token");
     dir
 }
 
@@ -272,7 +282,7 @@ fn greedy_completions_equal_generate_and_the_stream_adds_up_to_them() {
     let dir = model_dir(tmp.path(), false);
     let tok = OptTokenizer::from_dir(&dir).unwrap();
     let server = start(&dir);
-    let texts = ["the quick brown fox", "a lazy dog and the cat jumps over"];
+    let texts = ["kalo mine rutavo", "zipe shqu byxo fa kami nelo ruta"];
     let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
     let alone = on_backend(Alone {
         dir: dir.clone(),
@@ -323,6 +333,25 @@ fn greedy_completions_equal_generate_and_the_stream_adds_up_to_them() {
             .iter()
             .all(|c| c["choices"][0]["finish_reason"].is_null()));
     }
+    // A stop string: the text ends before it, the finish reason is `stop`, and the stream holds
+    // back what could become it.
+    let base = json!({"prompt": texts[1], "max_tokens": 24, "temperature": 0, "ignore_eos": true});
+    let want = text(&complete(&server.url, &base), 0).to_string();
+    let chars: Vec<char> = want.chars().filter(|&c| c != '\u{FFFD}').collect();
+    assert!(chars.len() >= 6, "the greedy text is long enough: {want:?}");
+    let stop: String = chars[3..5].iter().collect();
+    let cut = &want[..want.find(&stop).unwrap()];
+    let mut body = base.clone();
+    body["stop"] = json!([stop, "never"]);
+    let v = complete(&server.url, &body);
+    assert_eq!(
+        (text(&v, 0), &v["choices"][0]["finish_reason"]),
+        (cut, &json!("stop"))
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let chunks = stream(&server.url, &streamed);
+    assert_eq!(chunks.iter().map(|c| text(c, 0)).collect::<String>(), cut);
     // A list of prompts with n = 2: one choice per (prompt, n), prompt-major.
     let v = complete(
         &server.url,
@@ -348,7 +377,7 @@ fn greedy_completions_equal_generate_and_the_stream_adds_up_to_them() {
     assert!(text(&v, 0).starts_with(texts[0]), "{v}");
 }
 
-/// Token prompts in 4..300 (the tokenizer's ids) after `</s>`, of `len` tokens.
+/// Token prompts in 4..300 after `</s>`, of `len` tokens.
 fn random_prompt(len: usize, seed: u64) -> Vec<u32> {
     let mut x = seed;
     std::iter::once(2)
@@ -543,7 +572,7 @@ fn bad_requests_get_openai_shaped_errors() {
     });
     let url = &server.url;
     let auth = [("Authorization", "Bearer sekret")];
-    let ok = json!({"prompt": "the fox", "max_tokens": 2});
+    let ok = json!({"prompt": "kalo mine", "max_tokens": 2});
     // The key.
     for headers in [&[][..], &[("Authorization", "Bearer nope")][..]] {
         let (code, v) = post_with(url, "/v1/completions", &ok.to_string(), headers);
