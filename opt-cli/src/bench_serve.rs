@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use opt::data::OptTokenizer;
-use opt::serve::{EngineOptions, HttpOptions, ModelLimits};
+use opt::serve::{EngineOptions, HttpOptions};
 use opt::train::{init_model, INIT_STD};
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
@@ -67,11 +67,8 @@ impl BackendTask for Started {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let p = find_preset(&a.preset)?;
-        let config = p.config.clone();
-        let limits = ModelLimits {
-            vocab_size: config.vocab_size,
-            max_positions: config.max_position_embeddings,
-        };
+        let (config, vocab) = (p.config.clone(), p.config.vocab_size);
+        let served = config.clone();
         let load = move || Ok(init_model::<B>(&config, INIT_STD, &device).valid());
         let engine = EngineOptions {
             max_batch: a.max_batch,
@@ -84,7 +81,7 @@ impl BackendTask for Started {
             max_body_bytes: 1 << 20,
         };
         let (state, runner) =
-            opt::serve::prepare(load, OptTokenizer::gpt2()?, limits, engine, http);
+            opt::serve::prepare(load, OptTokenizer::gpt2()?, served, engine, http);
         // The engine on this thread (a thread of the kernels' pool, as in `opt serve`); the
         // server and the clients on others.
         let clients = std::thread::spawn(move || -> Result<()> {
@@ -103,7 +100,7 @@ impl BackendTask for Started {
                 },
                 Duration::from_secs(1),
             ));
-            let result = wait_ready(&url).and_then(|_| measure_all(&a, &url, limits.vocab_size));
+            let result = wait_ready(&url).and_then(|_| measure_all(&a, &url, vocab));
             let _ = stop.send(());
             let _ = runtime.block_on(server);
             result
@@ -135,7 +132,7 @@ struct Timing {
 
 fn measure_all(a: &BenchServeArgs, url: &str, vocab: usize) -> Result<()> {
     // One untimed request: the first call's allocations and kernel choices.
-    request(url, a, &random_tokens(a.prompt_len - 1, vocab, 99), vocab)?;
+    request(url, a, &random_tokens(a.prompt_len - 1, vocab, 99))?;
     for &clients in &a.clients {
         measure(a, url, clients, vocab)?;
     }
@@ -152,12 +149,7 @@ fn measure(a: &BenchServeArgs, url: &str, clients: usize, vocab: usize) -> Resul
                 (0..a.requests)
                     .map(|r| {
                         let seed = 1000 + (c * a.requests + r) as u64;
-                        request(
-                            &url,
-                            &a,
-                            &random_tokens(a.prompt_len - 1, vocab, seed),
-                            vocab,
-                        )
+                        request(&url, &a, &random_tokens(a.prompt_len - 1, vocab, seed))
                     })
                     .collect()
             })
@@ -197,7 +189,7 @@ fn measure(a: &BenchServeArgs, url: &str, clients: usize, vocab: usize) -> Resul
 }
 
 /// One streamed greedy request; a chunk per token.
-fn request(url: &str, a: &BenchServeArgs, body_tokens: &[u32], _vocab: usize) -> Result<Timing> {
+fn request(url: &str, a: &BenchServeArgs, body_tokens: &[u32]) -> Result<Timing> {
     let mut prompt = vec![2u32];
     prompt.extend_from_slice(body_tokens);
     let body = json!({

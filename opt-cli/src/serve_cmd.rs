@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use opt::data::OptTokenizer;
 use opt::model::{checkpoint, OptConfig};
-use opt::serve::{EngineOptions, EngineState, HttpOptions, ModelLimits};
+use opt::serve::{EngineOptions, EngineState, HttpOptions};
 use opt::{BackendKind, BackendTask};
 
 /// Arguments of `opt serve`.
@@ -91,10 +91,6 @@ impl BackendTask for Serve {
             .served_model_name
             .clone()
             .unwrap_or_else(|| model_name(&a.model));
-        let limits = ModelLimits {
-            vocab_size: config.vocab_size,
-            max_positions: config.max_position_embeddings,
-        };
         let engine = EngineOptions {
             max_batch: a.max_batch,
             max_queue: a.max_queue,
@@ -109,7 +105,7 @@ impl BackendTask for Serve {
         let load = move || {
             checkpoint::load_pretrained::<B::InnerBackend>(&dir, &device).map_err(|e| e.to_string())
         };
-        let (state, runner) = opt::serve::prepare(load, tokenizer, limits, engine, http);
+        let (state, runner) = opt::serve::prepare(load, tokenizer, config, engine, http);
         // The HTTP side on threads of its own; the engine on this one, a thread of the pool the
         // CPU kernels run on (see `main.rs`). On a thread outside the pool, whose idle workers
         // spin against it, 8 streaming clients got 37 new tokens/s of opt-125m instead of 63.

@@ -144,24 +144,35 @@ fn validate<B: Backend>(
     config: &GenerateConfig,
 ) -> Result<(), GenerateError> {
     config.sampling.validate()?;
-    let max_positions = model.config.max_position_embeddings;
-    let vocab = model.config.vocab_size;
     for (index, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(GenerateError::EmptyPrompt { index });
-        }
-        if let Some(&id) = p.iter().find(|&&id| id as usize >= vocab) {
-            return Err(GenerateError::TokenOutOfRange { index, id, vocab });
-        }
-        // Left padding does not shift positions: a row's last position is its own length.
-        if p.len() + config.max_new_tokens > max_positions {
-            return Err(GenerateError::ContextOverflow {
-                index,
-                prompt_len: p.len(),
-                max_new_tokens: config.max_new_tokens,
-                max_positions,
-            });
-        }
+        check_prompt(index, p, config.max_new_tokens, &model.config)?;
+    }
+    Ok(())
+}
+
+/// Whether prompt `index` can be generated from: not empty, ids in the vocabulary, and room in
+/// the model's positions for `max_new_tokens` more.
+pub fn check_prompt(
+    index: usize,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    config: &crate::OptConfig,
+) -> Result<(), GenerateError> {
+    let (vocab, max_positions) = (config.vocab_size, config.max_position_embeddings);
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt { index });
+    }
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(GenerateError::TokenOutOfRange { index, id, vocab });
+    }
+    // Left padding does not shift positions: a row's last position is its own length.
+    if prompt.len() + max_new_tokens > max_positions {
+        return Err(GenerateError::ContextOverflow {
+            index,
+            prompt_len: prompt.len(),
+            max_new_tokens,
+            max_positions,
+        });
     }
     Ok(())
 }

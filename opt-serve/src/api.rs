@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opt_data::OptTokenizer;
-use opt_model::generate::Sampling;
+use opt_model::generate::{self, GenerateError, Sampling};
+use opt_model::OptConfig;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -66,13 +67,6 @@ pub struct Prompt {
     pub text: String,
 }
 
-/// What the model allows.
-#[derive(Debug, Clone, Copy)]
-pub struct ModelLimits {
-    pub vocab_size: usize,
-    pub max_positions: usize,
-}
-
 /// A checked request: its prompts and one job per (prompt, choice), prompt-major.
 #[derive(Debug)]
 pub struct Checked {
@@ -114,7 +108,7 @@ pub fn parse(body: &[u8]) -> Result<CompletionRequest, ApiError> {
 pub fn check(
     mut req: CompletionRequest,
     tokenizer: &OptTokenizer,
-    limits: ModelLimits,
+    config: &OptConfig,
 ) -> Result<Checked, ApiError> {
     refuse_unsupported(&req)?;
     let prompts = prompts(&req.prompt, tokenizer)?;
@@ -126,7 +120,7 @@ pub fn check(
         ));
     }
     for (i, p) in prompts.iter().enumerate() {
-        check_prompt(i, &p.ids, max_tokens, limits)?;
+        check_prompt(i, &p.ids, max_tokens, config)?;
     }
     let logprobs = req.logprobs;
     if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
@@ -151,7 +145,7 @@ pub fn check(
         return Err(ApiError::invalid("n", "n must be at least 1"));
     }
     let sampling = sampling(&req)?;
-    let base_seed = req.seed.map_or_else(fresh_seed, |s| s as u64);
+    let base_seed = req.seed.map_or_else(unique_u64, |s| s as u64);
     let mut jobs = Vec::with_capacity(prompts.len() * n);
     for p in &prompts {
         for choice in 0..n {
@@ -294,43 +288,26 @@ fn prompts(value: &serde_json::Value, tokenizer: &OptTokenizer) -> Result<Vec<Pr
     }
 }
 
-/// A prompt that fits the model's vocabulary and context with `max_tokens` new tokens.
+/// A prompt that fits the model's vocabulary and context with `max_tokens` new tokens
+/// (`generate`'s own check), as a 400 naming the field at fault.
 fn check_prompt(
     index: usize,
     ids: &[u32],
     max_tokens: usize,
-    limits: ModelLimits,
+    config: &OptConfig,
 ) -> Result<(), ApiError> {
-    if ids.is_empty() {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!("prompt {index} has no tokens"),
-        ));
-    }
-    if let Some(&id) = ids.iter().find(|&&id| id as usize >= limits.vocab_size) {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!(
-                "prompt {index}: token id {id} is outside the model's vocabulary of {}",
-                limits.vocab_size
-            ),
-        ));
-    }
-    if ids.len() + max_tokens > limits.max_positions {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            format!(
-                "prompt {index} has {} tokens; with max_tokens = {max_tokens} that is more than the model's context of {} tokens",
-                ids.len(),
-                limits.max_positions
-            ),
-        ));
-    }
-    Ok(())
+    generate::check_prompt(index, ids, max_tokens, config).map_err(|e| {
+        let param = match e {
+            GenerateError::ContextOverflow { .. } => "max_tokens",
+            _ => "prompt",
+        };
+        ApiError::invalid(param, e.to_string())
+    })
 }
 
-/// A seed for a request that gave none: different for every request.
-fn fresh_seed() -> u64 {
+/// A number different for every call in this process and across runs (the clock mixed with a
+/// counter): seeds of requests that gave none, completion ids.
+pub fn unique_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -80,7 +80,7 @@ impl Row {
             return None;
         }
         let last = model.lm_head(h.slice(p - 1..p).unsqueeze_dim::<3>(0));
-        self.accept(&host_rows(last)[0], tokenizer, metrics);
+        self.accept(&host_logits(last), tokenizer, metrics);
         (!self.finished).then_some(Prefilled { row: self, cache })
     }
 
@@ -99,7 +99,8 @@ impl Row {
         for start in (0..prompt.len() - 1).step_by(chunk) {
             let end = (start + chunk).min(prompt.len() - 1);
             let logits = model.lm_head(h.clone().slice(start..end).unsqueeze_dim::<3>(0));
-            for (j, row) in host_rows(logits).iter().enumerate() {
+            let vocab = model.config.vocab_size;
+            for (j, row) in host_logits(logits).chunks(vocab).enumerate() {
                 let id = prompt[start + j + 1];
                 out.push(token_out(row, id, top, String::new()));
             }
@@ -278,8 +279,9 @@ impl<B: Backend> Batch<B> {
         let logits = model.forward(input, Some(mask), Some(cache));
         metrics.decode_steps.inc();
         metrics.decoded_rows.inc_by(b as u64);
-        for (row, logits) in self.rows.iter_mut().zip(host_rows(logits)) {
-            row.accept(&logits, tokenizer, metrics);
+        let vocab = model.config.vocab_size;
+        for (row, logits) in self.rows.iter_mut().zip(host_logits(logits).chunks(vocab)) {
+            row.accept(logits, tokenizer, metrics);
         }
     }
 
@@ -294,15 +296,13 @@ impl<B: Backend> Batch<B> {
     }
 }
 
-/// Every position's logits of [b, t, vocab] as host float32 vectors (row-major).
-fn host_rows<B: Backend>(logits: Tensor<B, 3>) -> Vec<Vec<f32>> {
-    let v = logits.dims()[2];
-    let data: Vec<f32> = logits
+/// Every position's logits of [b, t, vocab] on the host, row-major (`chunks(vocab)` per position).
+fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    logits
         .into_data()
         .convert::<f32>()
         .to_vec()
-        .expect("float logits");
-    data.chunks(v).map(<[f32]>::to_vec).collect()
+        .expect("float logits")
 }
 
 /// The token with its log-probability and the `top` most likely tokens (log-softmax in f64).

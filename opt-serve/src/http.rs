@@ -2,7 +2,7 @@
 //! `/tokenize`, `/detokenize`; bearer-key auth, a body limit, and every error in OpenAI's shape.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -16,10 +16,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
 use opt_data::OptTokenizer;
+use opt_model::OptConfig;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{self, Checked, ModelLimits};
+use crate::api::{self, Checked};
 use crate::engine::{EngineHandle, EngineState, SubmitError};
 use crate::error::ApiError;
 use crate::job::Event;
@@ -41,7 +42,8 @@ pub struct HttpOptions {
 pub struct AppState {
     pub engine: EngineHandle,
     pub tokenizer: Arc<OptTokenizer>,
-    pub limits: ModelLimits,
+    /// The served model's config (its vocabulary and positions bound the requests).
+    pub config: OptConfig,
     pub options: HttpOptions,
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM/SIGINT: new work gets 503 while running work finishes.
@@ -142,7 +144,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         "object": "model",
         "created": now(),
         "owned_by": "opt-on-burn",
-        "max_model_len": state.limits.max_positions,
+        "max_model_len": state.config.max_position_embeddings,
     }]}))
 }
 
@@ -181,7 +183,7 @@ async fn tokenize(
     Ok(Json(json!({
         "tokens": ids,
         "count": ids.len(),
-        "max_model_len": state.limits.max_positions,
+        "max_model_len": state.config.max_position_embeddings,
     })))
 }
 
@@ -201,7 +203,7 @@ async fn detokenize(
                 .ok_or_else(bad)
         })
         .collect::<Result<Vec<u32>, _>>()?;
-    let vocab = state.limits.vocab_size;
+    let vocab = state.config.vocab_size;
     if let Some(id) = ids.iter().find(|&&i| i as usize >= vocab) {
         return Err(ApiError::invalid(
             "tokens",
@@ -251,7 +253,7 @@ async fn completions(
             });
         }
     }
-    let checked = api::check(req, &state.tokenizer, state.limits)?;
+    let checked = api::check(req, &state.tokenizer, &state.config)?;
     let max_queue = state.engine.options().max_queue;
     if checked.jobs.len() > max_queue {
         return Err(ApiError::invalid(
@@ -461,12 +463,7 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `cmpl-` and 24 hex digits, unique per process run.
+/// `cmpl-` and 16 hex digits.
 fn completion_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("cmpl-{t:016x}{n:08x}")
+    format!("cmpl-{:016x}", api::unique_u64())
 }

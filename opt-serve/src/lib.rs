@@ -11,7 +11,6 @@ pub mod response;
 pub mod server;
 pub mod text;
 
-pub use api::ModelLimits;
 pub use engine::{EngineHandle, EngineOptions, EngineRunner, EngineState, Job};
 pub use error::ApiError;
 pub use http::{router, AppState, HttpOptions};
@@ -23,14 +22,14 @@ use std::sync::Arc;
 
 use burn::prelude::Backend;
 use opt_data::OptTokenizer;
-use opt_model::Opt;
+use opt_model::{Opt, OptConfig};
 
 /// Start the engine on a thread of its own (loading the model with `load` there) and build the
-/// server's state.
+/// server's state; `config` is the model's (requests are checked against it before it loads).
 pub fn start<B, F>(
     load: F,
     tokenizer: OptTokenizer,
-    limits: ModelLimits,
+    config: OptConfig,
     engine: EngineOptions,
     http: HttpOptions,
 ) -> Arc<AppState>
@@ -38,7 +37,7 @@ where
     B: Backend,
     F: FnOnce() -> Result<Opt<B>, String> + Send + 'static,
 {
-    let (state, runner) = prepare(load, tokenizer, limits, engine, http);
+    let (state, runner) = prepare(load, tokenizer, config, engine, http);
     std::thread::Builder::new()
         .name("opt-engine".into())
         .spawn(move || runner.run())
@@ -50,7 +49,7 @@ where
 pub fn prepare<B, F>(
     load: F,
     tokenizer: OptTokenizer,
-    limits: ModelLimits,
+    config: OptConfig,
     engine: EngineOptions,
     http: HttpOptions,
 ) -> (Arc<AppState>, EngineRunner)
@@ -64,7 +63,7 @@ where
     let state = Arc::new(AppState {
         engine: handle,
         tokenizer,
-        limits,
+        config,
         options: http,
         metrics,
         draining: AtomicBool::new(false),

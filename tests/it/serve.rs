@@ -15,7 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 use opt::data::OptTokenizer;
 use opt::model::generate::{generate, GenerateConfig};
 use opt::model::{checkpoint, Opt, OptConfig};
-use opt::serve::{EngineOptions, HttpOptions, ModelLimits};
+use opt::serve::{EngineOptions, HttpOptions};
 use opt::BackendTask;
 use serde_json::{json, Value};
 
@@ -124,10 +124,6 @@ impl BackendTask for Start {
     type Output = Server;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Server {
         let config = OptConfig::load(self.dir.join("config.json")).unwrap();
-        let limits = ModelLimits {
-            vocab_size: config.vocab_size,
-            max_positions: config.max_position_embeddings,
-        };
         let tokenizer = OptTokenizer::from_dir(&self.dir).unwrap();
         let dir = self.dir.clone();
         let load = move || {
@@ -138,7 +134,7 @@ impl BackendTask for Start {
             api_key: self.api_key,
             max_body_bytes: self.max_body_bytes,
         };
-        let state = opt::serve::start(load, tokenizer, limits, self.engine, http);
+        let state = opt::serve::start(load, tokenizer, config, self.engine, http);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
