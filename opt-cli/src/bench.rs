@@ -12,7 +12,10 @@ use opt::train::{init_model, train_parallel, Precision, TrainConfig, TrainData, 
 use opt::{BackendKind, BackendTask};
 use serde_json::json;
 
-use crate::measure::{find_preset, median, peak_rss_mib, random_tokens, threads};
+use crate::measure::{
+    copy_bandwidth_gb_s, find_preset, median, peak_rss_mib, random_tokens, reset_peak_rss, threads,
+};
+use crate::weights_arg::WeightsArg;
 
 /// What to measure.
 #[derive(Subcommand, Clone)]
@@ -85,6 +88,8 @@ pub struct BenchGenerateArgs {
     pub runs: usize,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    #[command(flatten)]
+    pub weights: WeightsArg,
     /// Print one JSON object (key `new_tokens_per_second`: the median over the timed runs).
     #[arg(long)]
     pub json: bool,
@@ -103,7 +108,9 @@ pub fn run(command: BenchCommand) -> Result<()> {
             opt::backend::run(a.backend.parse::<BackendKind>()?, BenchTrain(a))?
         }
         BenchCommand::Generate(a) => {
-            opt::backend::run(a.backend.parse::<BackendKind>()?, BenchGenerate(a))?
+            let kind = a.backend.parse::<BackendKind>()?;
+            a.weights.check(kind)?;
+            opt::backend::run(kind, BenchGenerate(a))?
         }
         BenchCommand::Data(a) => crate::data_cmd::bench(a),
         BenchCommand::Serve(a) => crate::bench_serve::run(a),
@@ -204,7 +211,10 @@ impl BackendTask for BenchGenerate {
         if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 || a.runs == 0 {
             bail!("--batch, --prompt-len, --new-tokens and --runs must be at least 1");
         }
-        let model = init_model::<B>(&p.config, INIT_STD, &device).valid();
+        let model = init_model::<B>(&p.config, INIT_STD, &device)
+            .valid()
+            .with_weight_dtype(a.weights.dtype);
+        reset_peak_rss();
         let prompts: Vec<Vec<u32>> = (0..a.batch)
             .map(|i| {
                 let mut ids = vec![2];
@@ -236,21 +246,33 @@ impl BackendTask for BenchGenerate {
             }
         }
         let tps = median(speeds.clone());
+        // Every decoding step reads every matmul weight once: the weight traffic per second,
+        // beside a copy's bandwidth measured now (STREAM's copy: bytes read + bytes written).
+        let weight_bytes = model.matmul_weight_bytes();
+        let weight_gb_s = weight_bytes as f64 * tps / a.batch as f64 / 1e9;
+        let peak = peak_rss_mib();
+        let copy_gb_s = copy_bandwidth_gb_s();
         let setup = json!({
             "preset": p.name, "backend": a.backend, "batch": a.batch, "prompt_len": a.prompt_len,
             "new_tokens": a.new_tokens, "params": p.config.num_params(), "timed_runs": a.runs,
-            "threads": threads(), "dtype": "f32", "greedy": true, "kv_cache": true,
+            "threads": threads(), "dtype": a.weights.dtype.to_string(), "greedy": true,
+            "kv_cache": true, "matmul_weight_bytes": weight_bytes,
         });
         if a.json {
             let mut v = setup;
             v["new_tokens_per_second"] = tps.into();
             v["prefill_seconds"] = median(prefills).into();
             v["per_run_new_tokens_per_second"] = speeds.into();
+            v["peak_rss_mib"] = peak.into();
+            v["weight_gb_per_second"] = weight_gb_s.into();
+            v["copy_gb_per_second"] = copy_gb_s.into();
             println!("{v}");
         } else {
             println!(
-                "bench generate {setup}\n  median {tps:.1} new tokens/s (prefill + first token {:.3}s)",
-                median(prefills)
+                "bench generate {setup}\n  median {tps:.1} new tokens/s (prefill + first token {:.3}s), peak RSS {:.0} MiB\n  weights read at {weight_gb_s:.1} GB/s = {:.0}% of a copy's {copy_gb_s:.1} GB/s",
+                median(prefills),
+                peak.unwrap_or(f64::NAN),
+                100.0 * weight_gb_s / copy_gb_s,
             );
         }
         Ok(())

@@ -11,6 +11,8 @@ use opt::model::generate::{generate as run_generate, GenerateConfig, Sampling};
 use opt::model::{checkpoint, presets as all_presets};
 use opt::{BackendKind, BackendTask};
 
+use crate::weights_arg::WeightsArg;
+
 /// `opt presets`
 pub fn presets() -> Result<()> {
     println!(
@@ -127,6 +129,8 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    #[command(flatten)]
+    pub weights: WeightsArg,
     /// Print ids and text per prompt as JSON instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -135,6 +139,7 @@ pub struct GenerateArgs {
 /// `opt generate`
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let kind: BackendKind = args.backend.parse()?;
+    args.weights.check(kind)?;
     opt::backend::run(kind, Generate(args))?
 }
 
@@ -147,7 +152,7 @@ impl BackendTask for Generate {
         let tok_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
         let tokenizer = OptTokenizer::from_dir(&tok_dir)
             .context("the model directory has no tokenizer files; pass --tokenizer DIR")?;
-        let model = checkpoint::load_pretrained::<B::InnerBackend>(&args.model, &device)?;
+        let model = args.weights.load::<B::InnerBackend>(&args.model, &device)?;
         let texts: Vec<String> = match (&args.prompt, &args.prompts_file) {
             (Some(p), _) => vec![p.clone()],
             (None, Some(f)) => std::fs::read_to_string(f)
@@ -254,6 +259,8 @@ pub struct EvalArgs {
     pub text_field: String,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    #[command(flatten)]
+    pub weights: WeightsArg,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -262,6 +269,7 @@ pub struct EvalArgs {
 /// `opt eval`
 pub fn eval(args: EvalArgs) -> Result<()> {
     let kind: BackendKind = args.backend.parse()?;
+    args.weights.check(kind)?;
     opt::backend::run(kind, Eval(args))?
 }
 
@@ -271,7 +279,7 @@ impl BackendTask for Eval {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
-        let model = checkpoint::load_pretrained::<B::InnerBackend>(&args.model, &device)?;
+        let model = args.weights.load::<B::InnerBackend>(&args.model, &device)?;
         let (tokens, source) = if let Some(files) = opt::data::shard_files(&args.data) {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             (opt::data::read_shards(&files)?, names.join(", "))

@@ -12,6 +12,7 @@ mod serve_cmd;
 mod stop;
 mod tasks_cmd;
 mod train_cmd;
+mod weights_arg;
 
 use anyhow::Result;
 

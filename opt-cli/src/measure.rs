@@ -20,6 +20,33 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Starts `peak_rss_mib` afresh from the current resident memory (Linux: `clear_refs` 5), so
+/// that a figure excludes what a setup step used and freed.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The machine's memory bandwidth as STREAM's copy counts it (bytes read + bytes written per
+/// second, in GB/s): the best of 5 copies of 256 MiB of f32, split over every core.
+pub fn copy_bandwidth_gb_s() -> f64 {
+    const LEN: usize = 64 << 20;
+    let src = vec![1.0f32; LEN];
+    let mut dst = vec![0.0f32; LEN];
+    let chunk = LEN.div_ceil(threads());
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                s.spawn(move || d.copy_from_slice(c));
+            }
+        });
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    (2 * 4 * LEN) as f64 / best / 1e9
+}
+
 /// Cores this process may use.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -1,5 +1,6 @@
 //! `opt serve`: an OpenAI-compatible completion server (the `opt-serve` library behind flags).
 
+use crate::weights_arg::WeightsArg;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use opt::data::OptTokenizer;
-use opt::model::{checkpoint, OptConfig};
+use opt::model::OptConfig;
 use opt::serve::{EngineOptions, EngineState, HttpOptions};
 use opt::{BackendKind, BackendTask};
 
@@ -23,6 +24,8 @@ pub struct ServeArgs {
     pub tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    #[command(flatten)]
+    pub weights: WeightsArg,
     /// Address to listen on. The server has no TLS: keep it on loopback, or put it behind a
     /// TLS proxy and set --api-key.
     #[arg(long, default_value = "127.0.0.1")]
@@ -62,6 +65,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         bail!("--drain-timeout must be a number of seconds >= 0");
     }
     let kind: BackendKind = args.backend.parse()?;
+    args.weights.check(kind)?;
     opt::backend::run(kind, Serve(args))?
 }
 
@@ -101,9 +105,11 @@ impl BackendTask for Serve {
             api_key: a.api_key.clone(),
             max_body_bytes: a.max_body_bytes,
         };
-        let dir = a.model.clone();
+        let (dir, weights) = (a.model.clone(), a.weights);
         let load = move || {
-            checkpoint::load_pretrained::<B::InnerBackend>(&dir, &device).map_err(|e| e.to_string())
+            weights
+                .load::<B::InnerBackend>(&dir, &device)
+                .map_err(|e| e.to_string())
         };
         let (state, runner) = opt::serve::prepare(load, tokenizer, config, engine, http);
         // The HTTP side on threads of its own; the engine on this one, a thread of the pool the

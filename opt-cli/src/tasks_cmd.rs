@@ -1,6 +1,7 @@
 //! `opt tasks list|fetch|convert` and `opt eval-tasks`: zero/few-shot benchmarks scored the way
 //! lm-evaluation-harness scores them.
 
+use crate::weights_arg::WeightsArg;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,6 @@ use opt::data::tasks::{
 };
 use opt::data::OptTokenizer;
 use opt::eval::tasks::{evaluate_task, task_metrics, ItemResult, TaskOptions, TaskReport};
-use opt::model::checkpoint;
 use opt::{BackendKind, BackendTask};
 
 /// `opt tasks ...`
@@ -224,11 +224,14 @@ pub struct EvalTasksArgs {
     pub data: DataDirArgs,
     #[arg(long, default_value = "flex")]
     pub backend: String,
+    #[command(flatten)]
+    pub weights: WeightsArg,
 }
 
 /// `opt eval-tasks`
 pub fn eval_tasks(args: EvalTasksArgs) -> Result<()> {
     let kind: BackendKind = args.backend.parse()?;
+    args.weights.check(kind)?;
     opt::backend::run(kind, EvalTasks(args))?
 }
 
@@ -247,7 +250,7 @@ impl BackendTask for EvalTasks {
         let args = self.0;
         let tasks = load_tasks(&args)?;
         let tokenizer = load_tokenizer(&args)?;
-        let model = checkpoint::load_pretrained::<B::InnerBackend>(&args.model, &device)?;
+        let model = args.weights.load::<B::InnerBackend>(&args.model, &device)?;
         let options = TaskOptions {
             shots: args.shots,
             limit: args.limit,

@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
 use crate::dropout::keyed;
+use crate::weights::linear;
 
 /// `self_attn` of an OPT layer: q/k/v/out projections (HF names).
 #[derive(Module, Debug)]
@@ -53,9 +54,9 @@ impl<B: Backend> OptAttention<B> {
         let head_dim = d / self.num_heads;
         // [b, t, heads, head_dim]: head h owns features [h * head_dim, (h + 1) * head_dim).
         let split = |x: Tensor<B, 3>| x.reshape([b, t, self.num_heads, head_dim]);
-        let q = split(self.q_proj.forward(x.clone()));
-        let mut k = split(self.k_proj.forward(x.clone()));
-        let mut v = split(self.v_proj.forward(x));
+        let q = split(linear(&self.q_proj, x.clone()));
+        let mut k = split(linear(&self.k_proj, x.clone()));
+        let mut v = split(linear(&self.v_proj, x));
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v);
         }
@@ -71,8 +72,7 @@ impl<B: Backend> OptAttention<B> {
             AttentionMask::Causal => fused(q, k, v, true),
             AttentionMask::None => fused(q, k, v, false),
         };
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, d]))
+        linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, t, d]))
     }
 
     /// Whether attention dropout applies now (training with `attention_dropout` > 0): the

@@ -8,6 +8,7 @@ use crate::attention::{AttentionMask, OptAttention};
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
 use crate::dropout::keyed;
+use crate::weights::linear;
 
 /// `layers.i` of the decoder (HF names: the FFN's norm is called `final_layer_norm`).
 #[derive(Module, Debug)]
@@ -51,7 +52,7 @@ impl<B: Backend> OptDecoderLayer<B> {
         let attn_norm = |h| layer_norm(&self.self_attn_layer_norm, h);
         let ffn_norm = |h| layer_norm(&self.final_layer_norm, h);
         let attn = |h| keyed(&self.dropout, self.self_attn.forward(h, mask, cache));
-        let ffn = |h| keyed(&self.dropout, self.fc2.forward(relu(self.fc1.forward(h))));
+        let ffn = |h| keyed(&self.dropout, linear(&self.fc2, relu(linear(&self.fc1, h))));
         if self.pre_norm {
             let h = x.clone() + attn(attn_norm(x));
             h.clone() + ffn(ffn_norm(h))

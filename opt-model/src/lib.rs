@@ -13,9 +13,11 @@ pub mod loss;
 pub mod metaseq;
 pub mod model;
 pub mod sampling;
+pub mod weights;
 
 pub use cache::KvCache;
 pub use checkpoint::{load_pretrained, save_pretrained, CheckpointError};
 pub use config::{preset, presets, ConfigError, OptConfig, Preset};
 pub use dtype::Precision;
 pub use model::{Opt, OptOutput};
+pub use weights::WeightDtype;

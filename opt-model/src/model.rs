@@ -7,6 +7,7 @@ use crate::attention::build_attention_mask;
 use crate::cache::KvCache;
 use crate::config::OptConfig;
 use crate::layer::{affine_layer_norm, layer_norm, OptDecoderLayer};
+use crate::weights::linear;
 
 /// HF's learned positions start at row 2 of `embed_positions` (a fairseq legacy: rows 0 and 1
 /// were reserved for the padding index), so position p reads row p + 2 and pads read row 1.
@@ -23,6 +24,10 @@ pub struct Opt<B: Backend> {
     pub final_layer_norm: Option<LayerNorm<B>>,
     #[module(skip)]
     pub config: OptConfig,
+    /// The LM head's own copy of `embed_tokens` in a lighter format (`with_weight_dtype`), for
+    /// inference; `None`: the head is `embed_tokens` itself.
+    #[module(skip)]
+    pub lm_head: Option<Tensor<B, 2>>,
 }
 
 /// What a forward pass returns.
@@ -62,6 +67,7 @@ impl<B: Backend> Opt<B> {
                 .then(|| affine_layer_norm(config, device))
                 .flatten(),
             config: config.clone(),
+            lm_head: None,
         }
     }
 
@@ -131,7 +137,7 @@ impl<B: Backend> Opt<B> {
         let positions = self.position_ids(b, t, past, attention_mask, &input_ids.device());
         let mut tokens = self.embed_tokens.forward(input_ids);
         if let Some(project_in) = &self.project_in {
-            tokens = project_in.forward(tokens);
+            tokens = linear(project_in, tokens);
         }
         // No embedding scaling and no dropout on the embeddings (HF OPT).
         tokens + self.embed_positions.forward(positions)
@@ -144,14 +150,18 @@ impl<B: Backend> Opt<B> {
             h = layer_norm(&self.final_layer_norm, h);
         }
         if let Some(project_out) = &self.project_out {
-            h = project_out.forward(h);
+            h = linear(project_out, h);
         }
         h
     }
 
-    /// The LM head's weight [vocab, word_embed_proj_dim]: tied to the token embedding.
+    /// The LM head's weight [vocab, word_embed_proj_dim]: tied to the token embedding (or its
+    /// copy in a lighter format, see `with_weight_dtype`).
     pub fn lm_head_weight(&self) -> Tensor<B, 2> {
-        self.embed_tokens.weight.val()
+        match &self.lm_head {
+            Some(weight) => weight.clone(),
+            None => self.embed_tokens.weight.val(),
+        }
     }
 
     /// The LM head, tied to the token embedding: logits = h @ embed_tokens^T.

@@ -18,4 +18,5 @@ mod task_parity;
 mod tokenizer_parity;
 mod train_loop;
 mod train_parity;
+mod weight_dtypes;
 mod wgpu_diff;

@@ -91,6 +91,10 @@ fn gemm_output<T: GemmScalar>(shape: Shape, k: usize) -> FlexTensor {
 
 /// Dispatch matrix multiplication based on dtype.
 pub fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    // PATCHED (vendor/README.md): f32 activations times a bf16 weight, f32 result.
+    if (lhs.dtype(), rhs.dtype()) == (DType::F32, DType::BF16) {
+        return matmul_f32_bf16(lhs, rhs);
+    }
     assert_eq!(lhs.dtype(), rhs.dtype(), "matmul: dtype mismatch");
 
     let lhs_shape = lhs.layout().shape();
@@ -498,6 +502,25 @@ fn matmul_bf16(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         result_f32.layout().clone(),
         DType::BF16,
     )
+}
+
+/// PATCHED (vendor/README.md): f32 `lhs` times bf16 `rhs`, accumulated in f32. A weight stored
+/// as `[n, k]` rows is read in bf16 (`matmul_nk`); another layout is widened to f32 first.
+fn matmul_f32_bf16(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    use super::matmul_nk::{NkWeight, matmul_nk, nk_view};
+    let rhs_rank = rhs.layout().num_dims();
+    if let Some((k, n, offset)) = nk_view(rhs.layout()) {
+        let weight = &rhs.storage::<bf16>()[offset..offset + k * n];
+        return matmul_nk(lhs, rhs_rank, k, n, NkWeight::Bf16(weight));
+    }
+    let rhs = rhs.to_contiguous();
+    let rhs_f32: Vec<f32> = rhs.storage::<bf16>().iter().map(|x| x.to_f32()).collect();
+    let rhs = FlexTensor::new(
+        Bytes::from_elems(rhs_f32),
+        Layout::contiguous(rhs.layout().shape().clone()),
+        DType::F32,
+    );
+    matmul_gemm::<f32>(lhs, rhs)
 }
 
 // ============================================================================

@@ -110,6 +110,8 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
+// PATCHED (vendor/README.md): f32 activations times bf16/int8 weights read in their format.
+pub(crate) mod matmul_nk;
 mod module;
 pub mod pool;
 mod qtensor;

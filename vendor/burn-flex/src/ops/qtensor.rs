@@ -16,6 +16,11 @@ use burn_backend::{
 use burn_std::{Bytes, Shape, Slice, bf16, f16};
 
 use super::float_storage_as_f32;
+use super::matmul_nk::{NkWeight, matmul_nk, nk_view};
+use burn_backend::{
+    QTensorPrimitive, TensorPrimitive,
+    quantization::{QuantMode, QuantPropagation, QuantValue},
+};
 use crate::{Flex, FlexQTensor, FlexTensor, Layout};
 
 impl QTensorOps<Flex> for Flex {
@@ -169,7 +174,14 @@ impl QTensorOps<Flex> for Flex {
 
     fn dequantize(tensor: QuantizedTensor<Flex>, dtype: FloatDType) -> FloatTensor<Flex> {
         let shape = tensor.tensor.shape();
-        let qt = tensor.tensor.to_contiguous();
+        // PATCHED (vendor/README.md): the blocks of a permuted view (`q_swap_dims`) are runs of
+        // its storage; it is dequantized in storage order and keeps its layout.
+        let permuted = is_dense_permutation(&tensor.tensor);
+        let qt = if permuted {
+            tensor.tensor.clone()
+        } else {
+            tensor.tensor.to_contiguous()
+        };
         let q_data: &[i8] = qt.storage();
 
         let dequantized = match tensor.scheme.level {
@@ -190,7 +202,11 @@ impl QTensorOps<Flex> for Flex {
             }
         };
 
-        let layout = Layout::contiguous(shape);
+        let layout = if permuted {
+            qt.layout().clone()
+        } else {
+            Layout::contiguous(shape)
+        };
         match dtype {
             FloatDType::F32 | FloatDType::Flex32 => {
                 FlexTensor::new(Bytes::from_elems(dequantized), layout, DType::F32)
@@ -223,6 +239,15 @@ impl QTensorOps<Flex> for Flex {
     }
 
     async fn q_into_data(tensor: QuantizedTensor<Flex>) -> Result<TensorData, ExecutionError> {
+        // PATCHED (vendor/README.md): a permuted block-quantized view is requantized in logical
+        // order first, so that the data's blocks follow its shape.
+        let tensor = match tensor.scheme.level {
+            QuantLevel::Block(_) if !tensor.tensor.is_contiguous() => {
+                let scheme = tensor.scheme;
+                Flex::quantize_dynamic(Flex::dequantize(tensor, FloatDType::F32), &scheme)
+            }
+            _ => tensor,
+        };
         let shape = tensor.tensor.shape();
         let scheme = tensor.scheme;
         let qt = tensor.tensor.to_contiguous();
@@ -241,11 +266,32 @@ impl QTensorOps<Flex> for Flex {
         dim1: usize,
         dim2: usize,
     ) -> QuantizedTensor<Flex> {
-        block_safe_layout_op(tensor, |t| t.transpose(dim1, dim2))
+        permute_view(tensor, |t| t.transpose(dim1, dim2))
     }
 
     fn q_permute(tensor: QuantizedTensor<Flex>, axes: &[usize]) -> QuantizedTensor<Flex> {
-        block_safe_layout_op(tensor, |t| t.permute(axes))
+        permute_view(tensor, |t| t.permute(axes))
+    }
+
+    /// PATCHED (vendor/README.md): f32 activations times an int8 weight stored as `[n, k]`
+    /// rows (a Linear weight's transposed view) read in int8 by `matmul_nk`; anything else as
+    /// upstream: both operands dequantized, then a float matmul.
+    fn q_matmul(lhs: TensorPrimitive<Flex>, rhs: TensorPrimitive<Flex>) -> TensorPrimitive<Flex> {
+        match (lhs, rhs) {
+            (TensorPrimitive::Float(x), TensorPrimitive::QFloat(w)) => match int8_rows(&w) {
+                Some((k, n, block)) if x.dtype() == DType::F32 => {
+                    let weight = NkWeight::I8 {
+                        values: w.tensor.storage::<i8>(),
+                        scales: &w.scales,
+                        block,
+                    };
+                    let rank = w.tensor.layout().num_dims();
+                    TensorPrimitive::Float(matmul_nk(x, rank, k, n, weight))
+                }
+                _ => dequantized_matmul(TensorPrimitive::Float(x), TensorPrimitive::QFloat(w)),
+            },
+            (lhs, rhs) => dequantized_matmul(lhs, rhs),
+        }
     }
 
     fn q_flip(tensor: QuantizedTensor<Flex>, axes: &[usize]) -> QuantizedTensor<Flex> {
@@ -324,6 +370,85 @@ impl QTensorOps<Flex> for Flex {
                 Flex::quantize_dynamic(result, &scheme)
             }
         }
+    }
+}
+
+/// PATCHED (vendor/README.md): `(k, n, block)` of an int8 weight whose layout is `[1.., k, n]`
+/// over `n` rows of `k`, that covers its whole storage, with a scale per block of storage.
+fn int8_rows(w: &FlexQTensor) -> Option<(usize, usize, usize)> {
+    let int8 = matches!(w.scheme.value, QuantValue::Q8S | QuantValue::Q8F);
+    if !int8 || w.scheme.mode != QuantMode::Symmetric || w.tensor.dtype() != DType::I8 {
+        return None;
+    }
+    let (k, n, offset) = nk_view(w.tensor.layout())?;
+    let block = match w.scheme.level {
+        QuantLevel::Tensor => (k * n).max(1),
+        QuantLevel::Block(size) => size.num_elements(),
+    };
+    let covers = offset == 0 && w.tensor.storage::<i8>().len() == k * n;
+    let scales_fit = w.scales.len() == (k * n).div_ceil(block);
+    (covers && scales_fit).then_some((k, n, block))
+}
+
+/// PATCHED (vendor/README.md): upstream's `q_matmul`: the quantized operands dequantized to the
+/// float operand's dtype (f32 if both are quantized), then `float_matmul`.
+fn dequantized_matmul(lhs: TensorPrimitive<Flex>, rhs: TensorPrimitive<Flex>) -> TensorPrimitive<Flex> {
+    let dtype = match (&lhs, &rhs) {
+        (TensorPrimitive::Float(t), _) | (_, TensorPrimitive::Float(t)) => t.dtype().into(),
+        _ => FloatDType::F32,
+    };
+    let mut propagate = None;
+    let mut float = |t: TensorPrimitive<Flex>| match t {
+        TensorPrimitive::Float(t) => t,
+        TensorPrimitive::QFloat(q) => {
+            if q.propagation() == QuantPropagation::Propagate {
+                propagate = Some(q.scheme);
+            }
+            Flex::dequantize(q, dtype)
+        }
+    };
+    let (lhs, rhs) = (float(lhs), float(rhs));
+    let out = crate::ops::matmul::matmul(lhs, rhs);
+    match propagate {
+        Some(scheme) => TensorPrimitive::QFloat(Flex::quantize_dynamic(out, &scheme)),
+        None => TensorPrimitive::Float(out),
+    }
+}
+
+/// PATCHED (vendor/README.md): whether the int8 tensor `t` is a permutation of its whole
+/// contiguous buffer (every element of storage once, no offset): a transposed weight is.
+fn is_dense_permutation(t: &FlexTensor) -> bool {
+    let layout = t.layout();
+    if layout.start_offset() != 0 || t.storage::<i8>().len() != layout.num_elements() {
+        return false;
+    }
+    let shape = layout.shape();
+    let mut dims: Vec<(isize, usize)> = (0..shape.num_dims())
+        .filter(|&d| shape[d] != 1)
+        .map(|d| (layout.strides()[d], shape[d]))
+        .collect();
+    dims.sort_unstable();
+    let mut expected = 1isize;
+    for (stride, size) in dims {
+        if stride != expected {
+            return false;
+        }
+        expected *= size as isize;
+    }
+    true
+}
+
+/// PATCHED (vendor/README.md): a transpose or permutation of a quantized tensor. Upstream
+/// dequantized and requantized a block-quantized one (a full f32 copy and new blocks along the
+/// new last dim); a permutation of a whole buffer is a view whose blocks stay runs of storage.
+fn permute_view(
+    qtensor: FlexQTensor,
+    op: impl FnOnce(FlexTensor) -> FlexTensor,
+) -> FlexQTensor {
+    if is_dense_permutation(&qtensor.tensor) {
+        FlexQTensor::new(op(qtensor.tensor), qtensor.scheme, qtensor.scales)
+    } else {
+        block_safe_layout_op(qtensor, op)
     }
 }
 
