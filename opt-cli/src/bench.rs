@@ -211,9 +211,9 @@ impl BackendTask for BenchGenerate {
         if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 || a.runs == 0 {
             bail!("--batch, --prompt-len, --new-tokens and --runs must be at least 1");
         }
-        let model = init_model::<B>(&p.config, INIT_STD, &device)
-            .valid()
-            .with_weight_dtype(a.weights.dtype);
+        let model = a
+            .weights
+            .convert(init_model::<B>(&p.config, INIT_STD, &device).valid());
         reset_peak_rss();
         let prompts: Vec<Vec<u32>> = (0..a.batch)
             .map(|i| {

@@ -24,7 +24,13 @@ impl WeightsArg {
 
     /// The model in `dir` with its weights in this format.
     pub fn load<B: Backend>(self, dir: &Path, device: &B::Device) -> Result<Opt<B>> {
-        Ok(checkpoint::load_pretrained::<B>(dir, device)?.with_weight_dtype(self.dtype))
+        let model = checkpoint::load_pretrained::<B>(dir, device)?;
+        Ok(self.convert(model))
+    }
+
+    /// `model` with its weights in this format.
+    pub fn convert<B: Backend>(self, model: Opt<B>) -> Opt<B> {
+        model.with_weight_dtype(self.dtype)
     }
 }
 

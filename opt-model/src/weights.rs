@@ -93,21 +93,8 @@ impl<B: Backend> Opt<B> {
         if dtype == WeightDtype::F32 {
             return self;
         }
-        let convert = |l: Linear<B>| compact_linear(l, dtype);
-        self.project_in = self.project_in.map(convert);
-        self.project_out = self.project_out.map(convert);
-        for layer in &mut self.layers {
-            let attn = &mut layer.self_attn;
-            for proj in [
-                &mut attn.q_proj,
-                &mut attn.k_proj,
-                &mut attn.v_proj,
-                &mut attn.out_proj,
-            ] {
-                *proj = convert(proj.clone());
-            }
-            layer.fc1 = convert(layer.fc1.clone());
-            layer.fc2 = convert(layer.fc2.clone());
+        for layer in self.linears_mut() {
+            *layer = compact_linear(layer.clone(), dtype);
         }
         self.lm_head = Some(compact_rows(self.embed_tokens.weight.val(), dtype));
         self
@@ -116,19 +103,28 @@ impl<B: Backend> Opt<B> {
     /// Bytes of the weights that one decoding step reads: every Linear weight and the LM head,
     /// in their format (int8: values and scales).
     pub fn matmul_weight_bytes(&self) -> usize {
-        let linears =
-            self.project_in
-                .iter()
-                .chain(&self.project_out)
-                .chain(self.layers.iter().flat_map(|l| {
-                    let a = &l.self_attn;
-                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &l.fc1, &l.fc2]
-                }));
+        // A clone shares the tensors: it only lends its Linear layers.
+        let mut model = self.clone();
+        let linears = model.linears_mut().into_iter().map(|l| l.weight.val());
         linears
-            .map(|l| l.weight.val())
             .chain([self.lm_head_weight()])
             .map(|w| stored_bytes(&w))
             .sum()
+    }
+
+    /// Every Linear layer: the projections, then each layer's q, k, v, out, fc1 and fc2.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
+        let mut linears: Vec<&mut Linear<B>> = self
+            .project_in
+            .iter_mut()
+            .chain(&mut self.project_out)
+            .collect();
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            linears.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.out_proj]);
+            linears.extend([&mut layer.fc1, &mut layer.fc2]);
+        }
+        linears
     }
 
     /// The format of the matmul weights (the first layer's `fc1`, or the LM head).
@@ -199,5 +195,49 @@ fn compact_rows<B: Backend>(rows: Tensor<B, 2>, dtype: WeightDtype) -> Tensor<B,
         WeightDtype::Int8 => {
             Tensor::<B, 2>::from_data(data, &device).quantize_dynamic(&int8_scheme::<B>(k))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_blocks_divide_the_inputs() {
+        // OPT's widths take 128 (768, 2048, 3072, ...); the fixtures' 64 and 32 take themselves.
+        for (k, block) in [
+            (768, Some(128)),
+            (3072, Some(128)),
+            (64, Some(64)),
+            (32, Some(32)),
+        ] {
+            assert_eq!(int8_block(k), block, "k = {k}");
+        }
+        // 480 = 15 · 32; no power of two: the largest divisor up to 128 (40 itself, 254 = 2 · 127,
+        // 300 = 3 · 100), a k of at most 255 as one block (7), or one scale per tensor (a prime
+        // above 255).
+        let cases = [
+            (480, Some(32)),
+            (40, Some(40)),
+            (254, Some(127)),
+            (300, Some(100)),
+            (7, Some(7)),
+        ];
+        for (k, block) in cases {
+            assert_eq!(int8_block(k), block, "k = {k}");
+        }
+        assert_eq!(int8_block(257), None);
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        for d in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::Int8] {
+            assert_eq!(d.to_string().parse::<WeightDtype>(), Ok(d));
+        }
+        assert_eq!("BFloat16".parse::<WeightDtype>(), Ok(WeightDtype::Bf16));
+        assert!("int4"
+            .parse::<WeightDtype>()
+            .unwrap_err()
+            .contains("f32, bf16 or int8"));
     }
 }

@@ -263,24 +263,7 @@ fn widened<B: Backend>(light: &Opt<B>) -> Opt<B> {
     // quantized view is wrong; its matmul with one is right).
     let widen_view = |w: Tensor<B, 2>| w.transpose().dequantize().cast(DType::F32).transpose();
     let widen = |l: &mut Linear<B>| l.weight = l.weight.clone().map(widen_view);
-    for layer in &mut model.layers {
-        let a = &mut layer.self_attn;
-        for l in [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.out_proj,
-            &mut layer.fc1,
-            &mut layer.fc2,
-        ] {
-            widen(l);
-        }
-    }
-    model
-        .project_in
-        .iter_mut()
-        .chain(model.project_out.iter_mut())
-        .for_each(widen);
+    model.linears_mut().into_iter().for_each(widen);
     model.lm_head = model.lm_head.map(|w| w.dequantize().cast(DType::F32));
     model
 }

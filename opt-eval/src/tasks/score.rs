@@ -2,6 +2,8 @@
 //! log-probabilities (log-softmax over all the model's logits, float32) and whether greedy decoding
 //! would produce it.
 
+use std::collections::HashMap;
+
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use opt_data::tasks::{ModelInput, PlannedItem};
@@ -169,15 +171,28 @@ fn score_shared<B: Backend>(
         .collect()
 }
 
-/// Score requests `batch` at a time, longest first; results in input order.
+/// Score requests `batch` rows at a time, longest first; results in input order. Requests fed
+/// the same tokens (one-token continuations of one context: BoolQ's " yes" and " no") share a
+/// row, as lm-eval's cache of one-token continuations does: the same forward pass.
 pub fn score_requests<B: Backend>(
     model: &Opt<B>,
     inputs: &[&ModelInput],
     batch: usize,
     device: &B::Device,
 ) -> Vec<Score> {
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].tokens.len()));
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row_of: HashMap<&[u32], usize> = HashMap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let row = *row_of.entry(&input.tokens).or_insert_with(|| {
+            rows.push(Row {
+                tokens: &input.tokens,
+                requests: Vec::new(),
+            });
+            rows.len() - 1
+        });
+        rows[row].requests.push((i, &input.continuation));
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.tokens.len()));
     let mut scores = vec![
         Score {
             loglikelihood: 0.0,
@@ -185,18 +200,26 @@ pub fn score_requests<B: Backend>(
         };
         inputs.len()
     ];
-    for chunk in order.chunks(batch.max(1)) {
-        let rows: Vec<&ModelInput> = chunk.iter().map(|&i| inputs[i]).collect();
-        for (&i, score) in chunk.iter().zip(score_batch(model, &rows, device)) {
+    for chunk in rows.chunks(batch.max(1)) {
+        let requests = chunk
+            .iter()
+            .flat_map(|r| r.requests.iter().map(|&(i, _)| i));
+        for (i, score) in requests.zip(score_batch(model, chunk, device)) {
             scores[i] = score;
         }
     }
     scores
 }
 
+/// One row of a batch: the tokens fed, and the requests scored on them (index, continuation).
+struct Row<'a> {
+    tokens: &'a [u32],
+    requests: Vec<(usize, &'a [u32])>,
+}
+
 /// One forward pass over right-padded rows (no mask needed: in a causal model a real token never
-/// sees the pads after it).
-fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Device) -> Vec<Score> {
+/// sees the pads after it); scores in the order of the rows' requests.
+fn score_batch<B: Backend>(model: &Opt<B>, rows: &[Row], device: &B::Device) -> Vec<Score> {
     let t = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
     let pad = model.config.pad_token_id as i64;
     let ids: Vec<i64> = rows
@@ -209,10 +232,12 @@ fn score_batch<B: Backend>(model: &Opt<B>, rows: &[&ModelInput], device: &B::Dev
     // Position tokens.len() - n + j predicts continuation[j].
     let (mut at, mut targets, mut lens) = (Vec::new(), Vec::new(), Vec::new());
     for (b, r) in rows.iter().enumerate() {
-        let first = r.tokens.len() - r.continuation.len();
-        at.extend((0..r.continuation.len()).map(|j| (b * t + first + j) as i64));
-        targets.extend(&r.continuation);
-        lens.push(r.continuation.len());
+        for &(_, continuation) in &r.requests {
+            let first = r.tokens.len() - continuation.len();
+            at.extend((0..continuation.len()).map(|j| (b * t + first + j) as i64));
+            targets.extend(continuation);
+            lens.push(continuation.len());
+        }
     }
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), t]), device);
     let hidden = model.decode(ids, None, None, false).0;

@@ -30,8 +30,11 @@ const MR: usize = 4;
 const NR: usize = 4;
 /// Tasks per thread of the tiled kernel (rayon balances them).
 const TASKS_PER_THREAD: usize = 4;
-/// f32 elements of a widened gemm panel (256 KiB).
-const PANEL_ELEMS: usize = 64 * 1024;
+/// f32 elements of a widened gemm panel (512 KiB).
+const PANEL_ELEMS: usize = 128 * 1024;
+/// Panel widths are multiples of this: gemm computes a panel as the transposed product, whose
+/// rows it takes 64 at a time (AVX-512), and a width of 84 ran as 64 + a half-empty 32.
+const PANEL_STEP: usize = 64;
 
 /// A weight of `n` rows of `k` elements, in storage order.
 #[derive(Clone, Copy)]
@@ -111,7 +114,7 @@ pub(crate) fn matmul_nk(lhs: FlexTensor, rhs_rank: usize, k: usize, n: usize, we
             // hardware prefetcher needs long runs to reach full bandwidth.
             n.div_ceil(TASKS_PER_THREAD * threads()).next_multiple_of(NR)
         } else {
-            (PANEL_ELEMS / k).clamp(16, 256) / NR * NR
+            (PANEL_ELEMS / k).clamp(PANEL_STEP, 512) / PANEL_STEP * PANEL_STEP
         };
         let job = Job {
             x,
