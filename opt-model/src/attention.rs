@@ -9,7 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
 use crate::dropout::keyed;
-use crate::weights::linear;
+use crate::linear::linear;
 
 /// `self_attn` of an OPT layer: q/k/v/out projections (HF names).
 #[derive(Module, Debug)]

@@ -8,7 +8,7 @@ use crate::attention::{AttentionMask, OptAttention};
 use crate::cache::LayerCache;
 use crate::config::OptConfig;
 use crate::dropout::keyed;
-use crate::weights::linear;
+use crate::linear::linear;
 
 /// `layers.i` of the decoder (HF names: the FFN's norm is called `final_layer_norm`).
 #[derive(Module, Debug)]

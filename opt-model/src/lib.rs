@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod fsutil;
 pub mod generate;
 pub mod layer;
+pub mod linear;
 pub mod loss;
 pub mod metaseq;
 pub mod model;

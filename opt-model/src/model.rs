@@ -7,7 +7,7 @@ use crate::attention::build_attention_mask;
 use crate::cache::KvCache;
 use crate::config::OptConfig;
 use crate::layer::{affine_layer_norm, layer_norm, OptDecoderLayer};
-use crate::weights::linear;
+use crate::linear::linear;
 
 /// HF's learned positions start at row 2 of `embed_positions` (a fairseq legacy: rows 0 and 1
 /// were reserved for the padding index), so position p reads row p + 2 and pads read row 1.
