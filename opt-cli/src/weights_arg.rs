@@ -41,7 +41,7 @@ pub fn check(kind: BackendKind, dtype: WeightDtype) -> Result<()> {
     match (dtype, kind) {
         (WeightDtype::Bf16, BackendKind::Flex) | (WeightDtype::F32, _) => Ok(()),
         (WeightDtype::Int8, BackendKind::Flex | BackendKind::Wgpu | BackendKind::Cuda) => Ok(()),
-        (WeightDtype::Bf16, _) => bail!("--dtype bf16 runs on the flex backend (its matmul reads bf16 weights beside float32 activations); on {kind} use --dtype int8 or f32"),
+        (WeightDtype::Bf16, _) => bail!("--dtype bf16 runs on the flex backend (its matmul reads bf16 weights beside float32 activations); int8 runs on flex, wgpu and cuda"),
         (WeightDtype::Int8, _) => bail!("--dtype int8 runs on the flex, wgpu and cuda backends; {kind}'s quantized matmul fails on a transposed weight; use --dtype f32"),
     }
 }

@@ -95,11 +95,21 @@ pub(crate) fn nk_view(layout: &Layout) -> Option<(usize, usize, usize)> {
 }
 
 /// `lhs` (f32, `[.., m, k]`) times the `[k, n]` weight `weight`: f32 `[.., m, n]`.
-pub(crate) fn matmul_nk(lhs: FlexTensor, rhs_rank: usize, k: usize, n: usize, weight: NkWeight) -> FlexTensor {
+pub(crate) fn matmul_nk(
+    lhs: FlexTensor,
+    rhs_rank: usize,
+    k: usize,
+    n: usize,
+    weight: NkWeight,
+) -> FlexTensor {
     let lhs = lhs.to_contiguous();
     let lhs_shape = lhs.layout().shape();
     let lhs_rank = lhs_shape.num_dims();
-    assert_eq!(lhs_shape[lhs_rank - 1], k, "matmul: inner dimensions must match");
+    assert_eq!(
+        lhs_shape[lhs_rank - 1],
+        k,
+        "matmul: inner dimensions must match"
+    );
     let m = lhs_shape.num_elements() / k.max(1);
     let x = &lhs.storage::<f32>()[..m * k];
 
@@ -112,7 +122,8 @@ pub(crate) fn matmul_nk(lhs: FlexTensor, rhs_rank: usize, k: usize, n: usize, we
         let rows_per_task = if m <= SMALL_M {
             // Few long runs of weight rows: each task streams its rows from memory, and the
             // hardware prefetcher needs long runs to reach full bandwidth.
-            n.div_ceil(TASKS_PER_THREAD * threads()).next_multiple_of(NR)
+            n.div_ceil(TASKS_PER_THREAD * threads())
+                .next_multiple_of(NR)
         } else {
             (PANEL_ELEMS / k).clamp(PANEL_STEP, 512) / PANEL_STEP * PANEL_STEP
         };
@@ -210,7 +221,8 @@ mod avx512 {
         // rows), or is masked to the elements below k.
         unsafe {
             while kk + LANES <= k {
-                let wv: [__m512; NR] = core::array::from_fn(|c| _mm512_loadu_ps(wp.add(c * k + kk)));
+                let wv: [__m512; NR] =
+                    core::array::from_fn(|c| _mm512_loadu_ps(wp.add(c * k + kk)));
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let xv = _mm512_loadu_ps(xp.add(r * k + kk));
                     for (a, &wc) in acc_r.iter_mut().zip(&wv) {
@@ -265,7 +277,8 @@ fn tiled_with(
     let mut j = rows.start;
     while j < rows.end {
         let cols = NR.min(rows.end - j);
-        job.weight.widen(j * k..(j + cols) * k, &mut buf[..cols * k]);
+        job.weight
+            .widen(j * k..(j + cols) * k, &mut buf[..cols * k]);
         let mut r0 = 0;
         while r0 < job.m {
             let tile = tile(&job.x[r0 * k..], &buf, k, (job.m - r0).min(MR));
