@@ -13,6 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::quantization::{QuantLevel, QuantValue};
 use burn::tensor::DType;
 use opt::backend::BackendKind;
+use opt::data::hash::splitmix64;
 use opt::model::weights::{int8_scheme, WeightDtype};
 use opt::model::{checkpoint, KvCache, Opt};
 use opt::BackendTask;
@@ -25,17 +26,12 @@ fn int8_here() -> bool {
     BackendKind::from_env().is_ok_and(|k| k != BackendKind::NdArray)
 }
 
-/// Deterministic values in [-1, 1) (a 64-bit LCG), with a few larger ones as real weights have.
+/// Deterministic values in [-1, 1) (splitmix64), with a few larger ones as real weights have.
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed;
     (0..len)
         .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let v = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            let v = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
             if i % 37 == 0 {
                 v * 4.0
             } else {
@@ -136,11 +132,15 @@ impl BackendTask for CompactMatmul {
             );
 
             if on_flex() {
-                let bf16 = rows.cast(DType::BF16);
+                // The weight rounded to nearest even by `half` and stored in bf16, as
+                // `with_weight_dtype` stores it (through `TensorData`: flex's `cast` rounds
+                // some halfway-near values the other way).
                 let rounded: Vec<f32> = w_host
                     .iter()
                     .map(|&v| half::bf16::from_f32(v).to_f32())
                     .collect();
+                let data = TensorData::new(rounded.clone(), [n, k]);
+                let bf16 = Tensor::<B::InnerBackend, 2>::from_data(data, (&device, DType::BF16));
                 let got = x.matmul(bf16.transpose());
                 assert_eq!(got.dtype(), DType::F32, "bf16 weights give f32 outputs");
                 assert_matmul(

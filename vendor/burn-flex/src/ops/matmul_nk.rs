@@ -195,9 +195,9 @@ fn tiled_task(job: &Job, rows: Range<usize>) {
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tiled_avx512(job: &Job, rows: Range<usize>) {
     tiled_with(job, rows, |x, w, k, r| match r {
-        1 => widen_rows(avx512::dot_tile::<1>(x, w, k)),
-        2 => widen_rows(avx512::dot_tile::<2>(x, w, k)),
-        3 => widen_rows(avx512::dot_tile::<3>(x, w, k)),
+        1 => pad_rows(avx512::dot_tile::<1>(x, w, k)),
+        2 => pad_rows(avx512::dot_tile::<2>(x, w, k)),
+        3 => pad_rows(avx512::dot_tile::<3>(x, w, k)),
         _ => avx512::dot_tile::<MR>(x, w, k),
     })
 }
@@ -256,9 +256,9 @@ unsafe fn tiled_avx2(job: &Job, rows: Range<usize>) {
 #[inline(always)]
 fn tiled<const FMA: bool>(job: &Job, rows: Range<usize>) {
     tiled_with(job, rows, |x, w, k, r| match r {
-        1 => widen_rows(dot_tile::<FMA, 1>(x, w, k)),
-        2 => widen_rows(dot_tile::<FMA, 2>(x, w, k)),
-        3 => widen_rows(dot_tile::<FMA, 3>(x, w, k)),
+        1 => pad_rows(dot_tile::<FMA, 1>(x, w, k)),
+        2 => pad_rows(dot_tile::<FMA, 2>(x, w, k)),
+        3 => pad_rows(dot_tile::<FMA, 3>(x, w, k)),
         _ => dot_tile::<FMA, MR>(x, w, k),
     })
 }
@@ -296,7 +296,7 @@ fn tiled_with(
 
 /// `R` rows of results padded to `MR`.
 #[inline(always)]
-fn widen_rows<const R: usize>(tile: [[f32; NR]; R]) -> [[f32; NR]; MR] {
+fn pad_rows<const R: usize>(tile: [[f32; NR]; R]) -> [[f32; NR]; MR] {
     let mut out = [[0.0; NR]; MR];
     out[..R].copy_from_slice(&tile);
     out
