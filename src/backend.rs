@@ -69,6 +69,11 @@ pub trait BackendTask {
 
 /// Run `task` on `kind`, after checking that the backend is compiled in and its device works.
 pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, BackendError> {
+    // The LM head's slice: larger on CUDA (fewer launches), WebGPU's binding limit elsewhere.
+    crate::model::loss::set_lm_head_slice_bytes(match kind {
+        BackendKind::Cuda => crate::model::loss::LM_HEAD_SLICE_BYTES_CUDA,
+        _ => crate::model::loss::LM_HEAD_SLICE_BYTES,
+    });
     match kind {
         #[cfg(feature = "flex")]
         BackendKind::Flex => {
@@ -87,6 +92,15 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
         BackendKind::Wgpu => {
             type B = burn::backend::Autodiff<burn::backend::Wgpu>;
             let device = burn::backend::wgpu::WgpuDevice::default();
+            static POOLS: std::sync::Once = std::sync::Once::new();
+            POOLS.call_once(|| {
+                use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions};
+                let options = RuntimeOptions {
+                    memory_config: memory_configuration(),
+                    ..Default::default()
+                };
+                init_setup::<AutoGraphicsApi>(&device, options);
+            });
             probe::<B>(kind, &device)?;
             Ok(task.run::<B>(device))
         }
@@ -94,12 +108,69 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
         BackendKind::Cuda => {
             type B = burn::backend::Autodiff<burn::backend::Cuda>;
             let device = burn::backend::cuda::CudaDevice::default();
+            // Read when the device's server starts (vendor/cubecl-cuda, PATCHED).
+            cubecl::cuda::set_memory_configuration(memory_configuration());
             probe::<B>(kind, &device)?;
             Ok(task.run::<B>(device))
         }
         #[allow(unreachable_patterns)]
         other => Err(BackendError::NotCompiled(other)),
     }
+}
+
+/// The memory pools of the GPU backends. cubecl 0.10's default preset slices every allocation
+/// above a quarter of its largest page out of pages of `max_page_size` (a quarter of the device's
+/// memory on CUDA: an 80 GB H100 reserves 20 GB pages for every tensor over ~2.66 GB, and fails
+/// when no 20 GB are left in one piece). Here small allocations are sliced out of pages of 8 to
+/// 128 MiB (under WebGPU's 128 MiB binding limit), and anything larger gets a page of its own, sized
+/// to it, reused by later allocations of that size or less and returned to the device after
+/// 10,000 allocations unused.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn memory_configuration() -> cubecl::MemoryConfiguration {
+    use cubecl_runtime::memory_management::{MemoryPoolOptions, PoolType};
+    const MIB: u64 = 1 << 20;
+    let pool = |pool_type, dealloc_period| MemoryPoolOptions {
+        pool_type,
+        dealloc_period,
+    };
+    let sliced = |page_size, max_slice_size| {
+        let pages = PoolType::SlicedPages {
+            page_size,
+            max_slice_size,
+        };
+        pool(pages, None)
+    };
+    let exclusive = |max_alloc_size| PoolType::ExclusivePages { max_alloc_size };
+    cubecl::MemoryConfiguration::Custom {
+        pool_options: vec![
+            // Below the offset alignment (as cubecl's preset: such slices cannot be offset).
+            pool(exclusive(0), None),
+            sliced(8 * MIB, MIB),
+            sliced(32 * MIB, 8 * MIB),
+            sliced(128 * MIB, 32 * MIB),
+            pool(exclusive(u64::MAX), Some(10_000)),
+        ],
+    }
+}
+
+/// Bytes the device's memory pool holds (cubecl's `bytes_reserved`: what the process has taken
+/// from the GPU) on the GPU backends; `None` on the CPU backends, whose memory is the process's.
+pub fn device_memory_reserved<B: Backend>(device: &B::Device) -> Option<u64> {
+    #[allow(unused_variables)]
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        use cubecl::Runtime;
+        let usage = cubecl::wgpu::WgpuRuntime::client(d).memory_usage().ok()?;
+        return Some(usage.bytes_reserved);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        use cubecl::Runtime;
+        let usage = cubecl::cuda::CudaRuntime::client(d).memory_usage().ok()?;
+        return Some(usage.bytes_reserved);
+    }
+    None
 }
 
 /// GPU backends panic deep inside on first use when no device/driver exists: try one op first.

@@ -13,7 +13,8 @@ use opt::{BackendKind, BackendTask};
 use serde_json::json;
 
 use crate::measure::{
-    copy_bandwidth_gb_s, find_preset, median, peak_rss_mib, random_tokens, reset_peak_rss, threads,
+    copy_bandwidth_gb_s, dense_bf16_peak_tflops, find_preset, median, nvidia_gpu_name,
+    peak_rss_mib, random_tokens, reset_peak_rss, threads,
 };
 use crate::weights_arg::WeightsArg;
 
@@ -22,6 +23,8 @@ use crate::weights_arg::WeightsArg;
 pub enum BenchCommand {
     /// Training steps (forward, loss, backward, global clip, AdamW) on random tokens.
     Train(BenchTrainArgs),
+    /// One AdamW update with the global clip: the loop's flat optimizer vs Burn's per-tensor one.
+    Optimizer(crate::bench_optim::BenchOptimArgs),
     /// Greedy generation with the KV cache from random prompts (prefill included).
     Generate(BenchGenerateArgs),
     /// An OpenAI-compatible server under N concurrent streaming clients (continuous batching).
@@ -48,7 +51,7 @@ pub struct BenchTrainArgs {
     pub seq_len: Option<usize>,
     #[arg(long, default_value = "flex")]
     pub backend: String,
-    /// f32, or bf16 compute with f32 master weights (flex, cuda).
+    /// f32, or bf16 / f16 (with dynamic loss scaling) compute with f32 master weights (flex, cuda).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Dropout probability (default: the preset's).
@@ -63,7 +66,9 @@ pub struct BenchTrainArgs {
     /// Data-parallel workers, one micro-batch of `--batch` each per step (see `opt train --devices`).
     #[arg(long, default_value = "1")]
     pub devices: opt::DeviceSpec,
-    /// Device peak in TFLOP/s: also report MFU (6N + 12·L·d·T FLOPs per token, as `opt train`).
+    /// Device peak in TFLOP/s for the MFU (6N + 12·L·d·T FLOPs per token, PaLM's count, as
+    /// `opt train`). Default on cuda: the detected GPU's dense bf16 peak (H100 SXM / H200 989.4,
+    /// H100 PCIe 756, A100 312); none elsewhere.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
     /// Print one JSON object (key `tokens_per_second`: the median over the timed steps).
@@ -112,6 +117,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             a.weights.check(kind)?;
             opt::backend::run(kind, BenchGenerate(a))?
         }
+        BenchCommand::Optimizer(a) => crate::bench_optim::run(a),
         BenchCommand::Data(a) => crate::data_cmd::bench(a),
         BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
@@ -151,10 +157,15 @@ impl BackendTask for BenchTrain {
             valid: Vec::new().into(),
         };
         let out = std::env::temp_dir().join(format!("opt-bench-train-{}", std::process::id()));
-        let mut speeds = Vec::new();
+        let (mut speeds, mut losses, mut device_bytes) = (Vec::new(), Vec::new(), None::<u64>);
         let mut on_step = |m: &opt::train::StepMetrics| {
             if m.step > a.warmup {
                 speeds.push(m.tokens_per_second);
+            }
+            losses.push(m.loss);
+            // The pool's reservation after each update (it grows to the step's peak and keeps it).
+            if let Some(bytes) = opt::backend::device_memory_reserved::<B>(&device) {
+                device_bytes = Some(device_bytes.unwrap_or(0).max(bytes));
             }
             std::ops::ControlFlow::Continue(())
         };
@@ -171,15 +182,27 @@ impl BackendTask for BenchTrain {
         let _ = std::fs::remove_dir_all(&out);
         result?;
         let tps = median(speeds.clone());
-        let mfu = a
+        let gpu = (a.backend == "cuda").then(nvidia_gpu_name).flatten();
+        let peak_tflops = a
             .peak_tflops
-            .map(|t| tps * config.flops_per_token() / (t * 1e12));
+            .or_else(|| gpu.as_deref().and_then(dense_bf16_peak_tflops));
+        let flops_per_token = config.flops_per_token();
+        let mfu = peak_tflops.map(|t| tps * flops_per_token / (t * 1e12));
+        let m = &config.model;
+        let formula = format!(
+            "6N + 12·L·d·T = 6·{} + 12·{}·{}·{} = {flops_per_token:.4e} FLOPs per token",
+            m.num_params(),
+            m.num_hidden_layers,
+            m.hidden_size,
+            config.seq_len
+        );
+        let device_mib = device_bytes.map(|b| b as f64 / (1 << 20) as f64);
         let setup = json!({
             "preset": p.name, "backend": a.backend, "batch": a.batch, "seq_len": p.seq_len,
             "params": p.config.num_params(), "warmup_steps": a.warmup, "timed_steps": a.steps,
             "threads": threads(), "precision": format!("{:?}", a.precision).to_lowercase(),
             "dropout": config.model.dropout, "dropout_impl": a.dropout_impl, "workers": n,
-            "recompute": a.recompute,
+            "recompute": a.recompute, "gpu": gpu, "peak_tflops": peak_tflops,
         });
         let peak_rss = peak_rss_mib();
         if a.json {
@@ -187,13 +210,17 @@ impl BackendTask for BenchTrain {
             v["tokens_per_second"] = tps.into();
             v["per_step_tokens_per_second"] = speeds.into();
             v["peak_rss_mib"] = peak_rss.into();
+            v["device_memory_mib"] = device_mib.into();
             v["mfu"] = mfu.into();
+            v["flops_per_token"] = flops_per_token.into();
+            v["losses"] = losses.into();
             println!("{v}");
         } else {
             let rss = peak_rss.map_or(String::new(), |m| format!(", peak RSS {m:.0} MiB"));
+            let dev = device_mib.map_or(String::new(), |m| format!(", device memory {m:.0} MiB"));
             let mfu = mfu.map_or(String::new(), |m| format!(", MFU {:.2}%", 100.0 * m));
             println!(
-                "bench train {setup}\n  median {tps:.0} tokens/s over {} steps{rss}{mfu}",
+                "bench train {setup}\n  median {tps:.0} tokens/s over {} steps{rss}{dev}{mfu}\n  {formula}",
                 a.steps
             );
         }

@@ -1,6 +1,7 @@
 //! The `opt` command: parses arguments, then calls the libraries.
 
 mod bench;
+mod bench_optim;
 mod bench_serve;
 mod commands;
 mod convert_cmd;

@@ -70,3 +70,44 @@ pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .map(|_| 4 + (splitmix64(&mut state) % (vocab as u64 - 4)) as u32)
         .collect()
 }
+
+/// The first GPU's name as `nvidia-smi` reports it (`None` without an NVIDIA driver).
+pub fn nvidia_gpu_name() -> Option<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let name = text.lines().next()?.trim();
+    (out.status.success() && !name.is_empty()).then(|| name.to_string())
+}
+
+/// Dense bf16 tensor-core peak in TFLOP/s of an NVIDIA GPU by name (without sparsity; NVIDIA's
+/// data sheets): H100 SXM and H200 989.4, H100 PCIe 756, A100 312. `None` for other GPUs.
+pub fn dense_bf16_peak_tflops(gpu: &str) -> Option<f64> {
+    let name = gpu.to_ascii_uppercase();
+    if name.contains("H100") && name.contains("PCIE") {
+        Some(756.0)
+    } else if name.contains("H100") || name.contains("H200") {
+        Some(989.4)
+    } else if name.contains("A100") {
+        Some(312.0)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names as nvidia-smi prints them, against the table.
+    #[test]
+    fn peaks_by_gpu_name() {
+        assert_eq!(dense_bf16_peak_tflops("NVIDIA H100 80GB HBM3"), Some(989.4));
+        assert_eq!(dense_bf16_peak_tflops("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(dense_bf16_peak_tflops("NVIDIA H200"), Some(989.4));
+        assert_eq!(dense_bf16_peak_tflops("NVIDIA A100-SXM4-80GB"), Some(312.0));
+        assert_eq!(dense_bf16_peak_tflops("NVIDIA GeForce RTX 4090"), None);
+    }
+}

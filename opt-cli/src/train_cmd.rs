@@ -78,7 +78,8 @@ pub struct TrainArgs {
     pub tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub backend: String,
-    /// Compute precision: f32, or bf16 with f32 master weights and optimizer state (flex, cuda).
+    /// Compute precision: f32, or bf16 / f16 (the paper's, with dynamic loss scaling) with f32
+    /// master weights and optimizer state (flex, cuda).
     #[arg(long)]
     pub precision: Option<Precision>,
     /// Activation recompute: keep only each layer's input for the backward and recompute the

@@ -1,5 +1,7 @@
 //! Language-model losses with HF's conventions (ignore index -100, mean over kept targets).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
@@ -33,16 +35,34 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
     cross_entropy(logits, targets)
 }
 
-/// Bytes of f32 logits in one slice of the chunked LM head: [rows, vocab] logits (and their
-/// gradient) exist one slice at a time, whatever the batch and sequence length. 64 MiB also
-/// keeps every slice under WebGPU's default 128 MiB storage-buffer binding: on wgpu, the
-/// [1024, 50272] logits of a larger slice scored NaN.
+/// Bytes of f32 logits in one slice of the chunked LM head on CPUs and WebGPU: [rows, vocab]
+/// logits (and their gradient) exist one slice at a time, whatever the batch and sequence length.
+/// 64 MiB also keeps every slice under WebGPU's default 128 MiB storage-buffer binding: on wgpu,
+/// the [1024, 50272] logits of a larger slice scored NaN.
 pub const LM_HEAD_SLICE_BYTES: usize = 64 << 20;
 
-/// Tokens per slice of the chunked LM head for a vocabulary of `vocab` (at least one): 333 for
-/// OPT's 50,272 tokens, 2,048 for the 8,192 of `cpu-small`.
+/// The slice size on CUDA: 512 MiB (2,670 rows of OPT's vocabulary, a 206 GFLOP matmul at the
+/// 125m width). A GPU wants few, large launches: at 64 MiB a slice's matmul takes ~26 µs on an
+/// H100, the order of the launches around it (softmax, gather, backward). The logits and their
+/// gradient are then 1 GiB, about 1% of an 80 GB device.
+pub const LM_HEAD_SLICE_BYTES_CUDA: usize = 512 << 20;
+
+static SLICE_BYTES: AtomicUsize = AtomicUsize::new(LM_HEAD_SLICE_BYTES);
+
+/// Set the LM head's slice size in bytes of f32 logits for this process (the backend module
+/// sets it per backend; at least one row per slice whatever the value).
+pub fn set_lm_head_slice_bytes(bytes: usize) {
+    SLICE_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// Tokens per slice of the chunked LM head for a vocabulary of `vocab` (at least one): with the
+/// 64 MiB slice, 333 for OPT's 50,272 tokens, 2,048 for the 8,192 of `cpu-small`.
 pub fn lm_head_chunk(vocab: usize) -> usize {
-    (LM_HEAD_SLICE_BYTES / (4 * vocab.max(1))).max(1)
+    rows_per_slice(SLICE_BYTES.load(Ordering::Relaxed), vocab)
+}
+
+fn rows_per_slice(bytes: usize, vocab: usize) -> usize {
+    (bytes / (4 * vocab.max(1))).max(1)
 }
 
 /// `nll_sum` of the logits `hidden @ weightᵀ` (`hidden` [b, t, e], the tied LM head `weight`
@@ -100,8 +120,15 @@ pub fn chunked_cross_entropy<B: AutodiffBackend>(
     let per_row = per_row.unsqueeze_dim::<2>(1).cast(h.dtype());
     let grad_h = Tensor::cat(grad_h, 0) - w.select(0, targets.clone()) * per_row.clone();
     let grad_w = grad_w.select_assign(0, targets, -(h * per_row), IndexingUpdateOp::Add);
-    let surrogate = ((hidden * Tensor::from_inner(grad_h.reshape(dims))).sum()
-        + (weight * Tensor::from_inner(grad_w)).sum())
+    // In float32 under float16 compute: the products of loss-scaled gradients would overflow
+    // float16's 65,504 (the value is cancelled, but inf − inf is NaN).
+    let lift = |t: Tensor<B, 2>| match t.dtype() {
+        DType::F16 => t.cast(DType::F32),
+        _ => t,
+    };
+    let grad_h = Tensor::from_inner(grad_h.reshape(dims));
+    let surrogate = ((lift(hidden.flatten(0, 1)) * lift(grad_h.flatten(0, 1))).sum()
+        + (lift(weight) * lift(Tensor::from_inner(grad_w))).sum())
     .cast(DType::F32);
     surrogate.clone() - surrogate.detach() + Tensor::from_inner(nll)
 }
@@ -169,4 +196,18 @@ fn slices(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>
     (0..n)
         .step_by(chunk)
         .map(move |start| start..(start + chunk).min(n))
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use super::*;
+
+    /// 64 MiB / (4 B × 50,272) = 333.7; 512 MiB: 2,670.4; a row of 1 GiB still makes one row.
+    #[test]
+    fn rows_per_slice_by_hand() {
+        assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES, 50272), 333);
+        assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES, 8192), 2048);
+        assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES_CUDA, 50272), 2670);
+        assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES, 1 << 28), 1);
+    }
 }

@@ -12,7 +12,13 @@ use opt_model::{Opt, OptConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainError;
-use crate::optim::{AdamWSettings, OptAdamW};
+use crate::flat_adamw::FlatAdamW;
+use crate::loss_scale::LossScaler;
+use crate::optim::AdamWSettings;
+
+/// The checkpoint layout this version writes and reads: 2 = the flat AdamW state
+/// (`optim-flat.mpk`); 0 (no field) = before it, per-tensor state (`optim-decay.mpk`).
+pub(crate) const CHECKPOINT_FORMAT: u32 = 2;
 
 /// Where the loop is: saved in every checkpoint as `state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -26,6 +32,12 @@ pub(crate) struct LoopState {
     /// Data-parallel workers that made the checkpoint (0 in checkpoints from before it was recorded).
     #[serde(default)]
     pub world_size: usize,
+    /// [`CHECKPOINT_FORMAT`] of the checkpoint (0 in checkpoints from before it was recorded).
+    #[serde(default)]
+    pub format: u32,
+    /// The float16 loss scaler (`--precision f16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScaler>,
 }
 
 pub(crate) type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
@@ -63,11 +75,31 @@ pub(crate) fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), Tr
     Ok(())
 }
 
+/// Refuse a checkpoint of another format by name (its optimizer state cannot be read).
+pub(crate) fn check_format(dir: &Path) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+        return Ok(()); // unreadable: the resume falls back past it
+    };
+    let Ok(state) = serde_json::from_str::<LoopState>(&text) else {
+        return Ok(());
+    };
+    if state.format == CHECKPOINT_FORMAT {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "checkpoint {} is in format {} (per-tensor AdamW state, from before the flat optimizer); \
+         this `opt` reads format {CHECKPOINT_FORMAT}: resume it with the `opt` that wrote it, or \
+         start the run again",
+        dir.display(),
+        state.format
+    )))
+}
+
 /// Write `checkpoints/step-N/` atomically (a temp folder renamed when complete); keep the last `keep`.
 pub(crate) fn save_checkpoint<B: AutodiffBackend>(
     out: &Path,
     model: &Opt<B>,
-    optim: &OptAdamW<Opt<B>, B>,
+    optim: &FlatAdamW<B>,
     state: &LoopState,
     keep: usize,
 ) -> Result<(), TrainError> {
@@ -129,7 +161,7 @@ pub(crate) fn checkpoint_dirs(out: &Path) -> Vec<PathBuf> {
 /// A checkpoint as read back: the weights, the optimizer state and the loop's place.
 pub(crate) struct Loaded<B: AutodiffBackend> {
     pub model: Opt<B>,
-    pub optim: OptAdamW<Opt<B>, B>,
+    pub optim: FlatAdamW<B>,
     pub state: LoopState,
 }
 
@@ -144,9 +176,7 @@ pub(crate) fn load_checkpoint<B: AutodiffBackend>(
     let model = model
         .load_file(dir.join("model"), &Rec::new(), device)
         .map_err(|e| e.to_string())?;
-    let optim = OptAdamW::<Opt<B>, B>::new(adamw)
-        .load(dir, device)
-        .map_err(|e| e.to_string())?;
+    let optim = FlatAdamW::new(adamw, &model, device).load(dir, device)?;
     let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| e.to_string())?;
     let state: LoopState = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     Ok(Loaded {

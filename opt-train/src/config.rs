@@ -7,6 +7,7 @@ use opt_data::Tokens;
 use opt_model::OptConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::loss_scale::LossScaleSettings;
 use crate::optim::AdamWSettings;
 use crate::precision::Precision;
 use crate::schedule::LrSchedule;
@@ -58,6 +59,9 @@ pub struct TrainConfig {
     /// (`--recompute`): one more forward pass, the activation memory of one layer.
     #[serde(default)]
     pub recompute: bool,
+    /// The float16 loss scaler's settings (used with `precision = "f16"`).
+    #[serde(default)]
+    pub loss_scale: LossScaleSettings,
 }
 
 impl TrainConfig {
@@ -85,12 +89,12 @@ impl TrainConfig {
         if self.micro_batch == 0 || self.grad_accum == 0 || self.max_steps == 0 {
             return bad("micro_batch, grad_accum and max_steps must be at least 1".into());
         }
-        if self.precision == Precision::F16 {
-            return bad(
-                "precision f16 needs dynamic loss scaling, which training does not have yet; \
-                 use bf16 (the same speed where the GPU has it, float32's range) or f32"
-                    .into(),
-            );
+        let ls = &self.loss_scale;
+        if !(ls.init > 0.0 && ls.floor > 0.0 && ls.floor <= ls.init && ls.window > 0) {
+            return bad(format!(
+                "loss_scale: init {} and floor {} must be > 0 with floor <= init, window {} >= 1",
+                ls.init, ls.floor, ls.window
+            ));
         }
         self.model
             .validate()
@@ -139,6 +143,7 @@ impl TrainConfig {
             peak_flops: 0.0,
             precision: Precision::F32,
             recompute: false,
+            loss_scale: LossScaleSettings::default(),
         }
     }
 }
@@ -170,25 +175,5 @@ impl TrainConfig {
             final_ratio: self.schedule.final_ratio,
             ..derived
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_training_is_refused_by_name() {
-        let preset = opt_model::preset("tiny").expect("built-in preset");
-        let mut config = TrainConfig::for_preset(&preset, 10, 2, None);
-        assert!(config.validate().is_ok());
-        config.precision = Precision::F16;
-        let message = config.validate().unwrap_err().to_string();
-        assert!(
-            message.contains("precision f16 needs dynamic loss scaling"),
-            "{message}"
-        );
-        config.precision = Precision::Bf16;
-        assert!(config.validate().is_ok());
     }
 }

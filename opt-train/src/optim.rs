@@ -1,5 +1,7 @@
-//! AdamW as metaseq uses it (betas 0.9/0.95, eps 1e-8, decoupled decay), with optional
-//! no-decay group, and clipping of the GLOBAL gradient L2 norm (Burn's own clipping is per tensor).
+//! AdamW's settings as metaseq uses them (betas 0.9/0.95, eps 1e-8, decoupled decay), with an
+//! optional no-decay group; and Burn's per-tensor AdamW with a GLOBAL gradient-norm clip (Burn's
+//! own clipping is per tensor), the reference that training's [`crate::FlatAdamW`] is checked
+//! against and benchmarked beside (`opt bench optimizer`).
 
 use std::marker::PhantomData;
 
@@ -45,14 +47,14 @@ impl Default for AdamWSettings {
 
 type Adaptor<M, B> = OptimizerAdaptor<AdamW, M, B>;
 
-/// AdamW over one or two parameter groups (decayed, not decayed).
-pub struct OptAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
+/// Burn's AdamW over one or two parameter groups (decayed, not decayed), tensor by tensor.
+pub struct PerTensorAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
     decayed: Adaptor<M, B>,
     not_decayed: Adaptor<M, B>,
     rule: DecayRule,
 }
 
-impl<M: AutodiffModule<B>, B: AutodiffBackend> OptAdamW<M, B> {
+impl<M: AutodiffModule<B>, B: AutodiffBackend> PerTensorAdamW<M, B> {
     /// Build the optimizer (its state starts empty).
     pub fn new(s: &AdamWSettings) -> Self {
         let config = |wd: f32| {
@@ -86,31 +88,6 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> OptAdamW<M, B> {
                 self.not_decayed.step(lr, module, vectors)
             }
         }
-    }
-
-    /// Save the state of both groups (Burn records keyed by parameter id) under `dir`.
-    pub fn save(&self, dir: &std::path::Path) -> Result<(), burn::record::RecorderError> {
-        use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        recorder.record(self.decayed.to_record(), dir.join("optim-decay"))?;
-        recorder.record(self.not_decayed.to_record(), dir.join("optim-no-decay"))
-    }
-
-    /// Restore state written by [`Self::save`].
-    pub fn load(
-        self,
-        dir: &std::path::Path,
-        device: &B::Device,
-    ) -> Result<Self, burn::record::RecorderError> {
-        use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        let decayed = recorder.load(dir.join("optim-decay"), device)?;
-        let not_decayed = recorder.load(dir.join("optim-no-decay"), device)?;
-        Ok(Self {
-            decayed: self.decayed.load_record(decayed),
-            not_decayed: self.not_decayed.load_record(not_decayed),
-            rule: self.rule,
-        })
     }
 }
 

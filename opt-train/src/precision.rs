@@ -1,12 +1,14 @@
 //! Compute precision of training ([`Precision`], shared with the rest of the project): float32
-//! everywhere (the default), or bfloat16 compute with float32 master weights and optimizer state.
+//! everywhere (the default), or bfloat16 / float16 compute with float32 master weights and
+//! optimizer state.
 //!
-//! bf16 is mixed precision done by hand (Burn 0.21 has no autocast): each micro-batch runs the
-//! forward pass on a bf16 cast of the f32 parameters, the logits come back to f32 for the loss (one
-//! slice of tokens at a time), and backward flows through the casts, so every gradient, the clipping and the AdamW update are
-//! f32 on the master weights. No loss scaling is needed (bf16 has f32's exponent range), which is
-//! why bf16, not fp16, is offered: [`crate::TrainConfig::validate`] refuses f16 (it needs dynamic
-//! loss scaling, which the loop does not have).
+//! Mixed precision is done by hand (Burn 0.21 has no autocast): each micro-batch runs the forward
+//! pass on a cast of the f32 parameters, the logits come back to f32 for the loss (one slice of
+//! tokens at a time), and backward flows through the casts, so every gradient, the clipping and
+//! the AdamW update are f32 on the master weights. bf16 needs no loss scaling (it has f32's
+//! exponent range); float16, the paper's format, has the loop's dynamic loss scaling
+//! ([`crate::loss_scale`]): the loss is scaled before the backward and the gradients unscaled in
+//! the update.
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;

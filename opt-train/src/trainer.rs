@@ -1,6 +1,7 @@
 //! One worker's training loop, as the named steps every execution strategy shares: resume, next
-//! batch, accumulate, reduce, clip, step, log, validate, checkpoint. Alone (one device) the reduce
-//! is the identity; in a data-parallel run it is one all-reduce of the flattened gradients.
+//! batch, accumulate, reduce, step (clip and AdamW over the flat layout), log, validate,
+//! checkpoint. Gradients are summed flat (one vector per micro-batch, [`crate::bucket`]); alone
+//! (one device) the reduce is the identity, in a data-parallel run one all-reduce of that vector.
 
 use std::fs::File;
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt_data::{Batch, BlockLoader};
@@ -20,12 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket;
 use crate::checkpoint::{
-    check_model_config, checkpoint_dirs, load_checkpoint, save_checkpoint, Loaded, LoopState,
+    check_format, check_model_config, checkpoint_dirs, load_checkpoint, save_checkpoint, Loaded,
+    LoopState, CHECKPOINT_FORMAT,
 };
 use crate::collective::{Collective, Fault};
 use crate::config::{TrainConfig, TrainData, TrainError};
-use crate::optim::{clip_grad_norm, OptAdamW};
-use crate::precision::compute_loss;
+use crate::flat_adamw::{Clip, FlatAdamW, UpdateReport};
+use crate::loss_scale::LossScaler;
+use crate::precision::{compute_loss, Precision};
 use crate::recompute;
 
 /// One line of `metrics.jsonl`.
@@ -33,13 +36,20 @@ use crate::recompute;
 pub struct StepMetrics {
     pub step: u64,
     pub tokens: u64,
+    /// The update's mean loss; a non-finite value is written as `null` and read back as NaN.
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     pub lr: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub clip_coef: f64,
     pub tokens_per_second: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// The float16 loss scale the update ran with (`--precision f16`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loss_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +57,11 @@ pub struct StepMetrics {
     /// True when the update was skipped because a gradient was not finite.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub skipped: bool,
+}
+
+/// JSON has no NaN or infinity (serde_json writes them as `null`): read `null` as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What a finished run reports.
@@ -86,7 +101,7 @@ pub(crate) struct Trainer<'a, B: AutodiffBackend> {
     seat: Seat<B>,
     /// `None` only while the optimizer steps.
     model: Option<Opt<B>>,
-    optim: OptAdamW<Opt<B>, B>,
+    optim: FlatAdamW<B>,
     state: LoopState,
     loader: BlockLoader,
     metrics: Option<(PathBuf, File)>,
@@ -97,9 +112,9 @@ pub(crate) struct Trainer<'a, B: AutodiffBackend> {
 /// One update's gradients and loss: this worker's share, then (after [`Trainer::reduce`]) the run's.
 struct Update<B: AutodiffBackend> {
     step: u64,
-    grads: GradientsParams,
-    /// The mean loss over the update's tokens (this worker's part of the sum before the reduce).
-    loss: Tensor<B::InnerBackend, 1>,
+    /// The flat gradients (times the loss scale), then the mean loss over the update's tokens
+    /// (this worker's part of the sums before the reduce).
+    flat: Tensor<B::InnerBackend, 1>,
 }
 
 impl<'a, B: AutodiffBackend> Trainer<'a, B> {
@@ -115,15 +130,20 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     ) -> Result<Self, TrainError> {
         // A fresh autodiff leaf per parameter: replicas share no graph node across threads.
         let model = Opt::<B>::from_inner(initial).fork(&device);
+        let optim = FlatAdamW::new(&config.adamw, &model, &device);
+        let loss_scale =
+            (config.precision == Precision::F16).then(|| LossScaler::new(&config.loss_scale));
         let mut trainer = Self {
             config,
             data,
             out,
             loader: BlockLoader::new(data.train.clone(), config.seq_len, config.seed),
-            optim: OptAdamW::new(&config.adamw),
+            optim,
             state: LoopState {
                 model: Some(config.model.clone()),
                 world_size: seat.world,
+                format: CHECKPOINT_FORMAT,
+                loss_scale,
                 ..Default::default()
             },
             summary: TrainSummary::default(),
@@ -164,11 +184,9 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             let started = Instant::now();
             let batches = self.next_batches();
             let update = self.accumulate(batches)?;
-            let mut update = self.reduce(update)?;
-            let (grad_norm, clip_coef) =
-                clip_grad_norm(self.model(), &mut update.grads, self.config.clip_norm);
-            let (loss, skipped) = self.step(update, grad_norm);
-            let mut m = self.metrics(loss, grad_norm, clip_coef, skipped, started);
+            let update = self.reduce(update)?;
+            let (report, loss_scale) = self.step(update)?;
+            let mut m = self.metrics(report, loss_scale, started);
             self.validate(&mut m)?;
             self.log(&m)?;
             let asked = on_step.as_mut().is_some_and(|f| f(&m).is_break());
@@ -200,6 +218,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let (config, device) = (self.config, &self.device);
         for dir in checkpoint_dirs(self.out) {
             check_model_config(&dir, &config.model)?;
+            check_format(&dir)?;
             match load_checkpoint(&dir, self.model().clone(), &config.adamw, device) {
                 Ok(Loaded {
                     model,
@@ -221,9 +240,15 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     (self.model, self.optim) = (Some(model), optim);
                     self.summary.resumed_from = Some(state.step);
                     self.summary.steps = state.step;
+                    let loss_scale = match (config.precision, state.loss_scale.clone()) {
+                        (Precision::F16, None) => Some(LossScaler::new(&config.loss_scale)),
+                        (Precision::F16, kept) => kept,
+                        _ => None,
+                    };
                     self.state = LoopState {
                         model: Some(config.model.clone()),
                         world_size: self.seat.world,
+                        loss_scale,
                         ..state
                     };
                     return Ok(());
@@ -256,13 +281,15 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         batches
     }
 
-    /// Forward and backward over `batches`, summing gradients and the loss (kept on the device).
+    /// Forward and backward over `batches`, summing the flat gradients and the loss (kept on the
+    /// device). The loss is scaled by the float16 loss scale for the backward, and unscaled
+    /// (exactly: the scale is a power of two) for the sum.
     fn accumulate(&mut self, batches: Vec<(usize, Batch)>) -> Result<Update<B>, TrainError> {
         let step = self.state.step + 1;
         self.inject_fault(step)?;
         let config = self.config;
-        let mut accumulator = GradientsAccumulator::<Opt<B>>::new();
-        let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+        let loss_scale = self.loss_scale();
+        let mut sum: Option<Tensor<B::InnerBackend, 1>> = None;
         for (index, batch) in batches {
             // Masks are keyed by the micro-batch's place in the run, not by worker or thread.
             dropout::begin_stream(dropout::stream_key(&[config.seed, step, index as u64]));
@@ -272,19 +299,24 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                     &self.device,
                 )
             });
-            let scale = 1.0 / config.grad_accum as f64;
+            let scale = loss_scale / config.grad_accum as f64;
             let (value, grads) = self.loss_and_grads(inputs, targets, scale);
-            loss_sum = Some(match loss_sum {
-                Some(sum) => sum + value,
-                None => value,
+            let value = value.div_scalar(loss_scale);
+            let flat = bucket::flatten_grads(self.model(), &grads, value);
+            sum = Some(match sum {
+                Some(sum) => sum + flat,
+                None => flat,
             });
-            accumulator.accumulate(self.model(), grads);
         }
         Ok(Update {
             step,
-            grads: accumulator.grads(),
-            loss: loss_sum.expect("every worker has at least one micro-batch"),
+            flat: sum.expect("every worker has at least one micro-batch"),
         })
+    }
+
+    /// The float16 loss scale of the next update (1 in the other precisions).
+    fn loss_scale(&self) -> f64 {
+        self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale)
     }
 
     /// One micro-batch's loss (times `scale`) and gradients: one backward over the whole graph,
@@ -304,54 +336,63 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         (value, GradientsParams::from_grads(loss.backward(), model))
     }
 
-    /// Sum the workers' gradients and losses: one all-reduce of everything, flattened.
+    /// Sum the workers' gradients and losses: one all-reduce of the flat vector.
     fn reduce(&self, update: Update<B>) -> Result<Update<B>, TrainError> {
         let Some(collective) = &self.seat.collective else {
             return Ok(update);
         };
-        let (flat, layout) = bucket::flatten(self.model(), &update.grads, update.loss);
         let what = format!("all-reduce of step {}", update.step);
-        let flat = collective.all_reduce_sum(flat, &what)?;
-        let (grads, loss) = bucket::unflatten(self.model(), flat, &layout);
-        Ok(Update {
-            grads,
-            loss,
-            ..update
-        })
+        let flat = collective.all_reduce_sum(update.flat, &what)?;
+        Ok(Update { flat, ..update })
     }
 
-    /// The AdamW update, unless a gradient or the loss is not finite; returns (loss, skipped).
-    fn step(&mut self, update: Update<B>, grad_norm: f64) -> (f64, bool) {
-        let loss = update.loss.into_scalar().elem::<f64>();
-        let skipped = !grad_norm.is_finite() || !loss.is_finite();
-        if skipped {
-            if self.seat.rank == 0 {
-                eprintln!(
-                    "warning: step {}: non-finite loss or gradient (loss {loss}, norm {grad_norm}); update skipped",
-                    update.step
-                );
-            }
-        } else {
-            let lr = self.config.schedule.lr(update.step);
-            // Moved, not cloned: a parameter owned once can be updated in place.
-            let model = self
-                .model
-                .take()
-                .expect("the model is present between updates");
-            self.model = Some(self.optim.step(lr, model, update.grads));
-        }
+    /// The clipped AdamW update, which leaves everything as it was when the loss or a gradient
+    /// is not finite (float16: an overflow, which halves the loss scale); returns the update's
+    /// report and the loss scale it ran with.
+    fn step(&mut self, update: Update<B>) -> Result<(UpdateReport, Option<f64>), TrainError> {
+        let used_scale = self.state.loss_scale.as_ref().map(|s| s.scale);
+        let clip = Clip {
+            max_norm: self.config.clip_norm,
+            grad_scale: 1.0 / used_scale.unwrap_or(1.0),
+        };
+        let lr = self.config.schedule.lr(update.step);
+        // Moved, not cloned: the old parameters are freed as the new ones are made.
+        let model = self
+            .model
+            .take()
+            .expect("the model is present between updates");
+        let (model, report) = self.optim.step(lr, model, update.flat, clip);
+        self.model = Some(model);
         self.state.step = update.step;
         self.state.tokens += self.config.tokens_per_step();
-        (loss, skipped)
+        if report.skipped && self.seat.rank == 0 {
+            let UpdateReport {
+                loss, grad_norm, ..
+            } = report;
+            match used_scale {
+                Some(s) => eprintln!(
+                    "note: step {}: float16 gradients overflowed at loss scale {s}; update skipped, scale halved",
+                    update.step
+                ),
+                None => eprintln!(
+                    "warning: step {}: non-finite loss or gradient (loss {loss}, norm {grad_norm}); update skipped",
+                    update.step
+                ),
+            }
+        }
+        if let Some(scaler) = &mut self.state.loss_scale {
+            scaler
+                .update(report.skipped, &self.config.loss_scale)
+                .map_err(|e| TrainError::Config(format!("step {}: {e}", update.step)))?;
+        }
+        Ok((report, used_scale))
     }
 
     /// The update's metrics line (before validation).
     fn metrics(
         &mut self,
-        loss: f64,
-        grad_norm: f64,
-        clip_coef: f64,
-        skipped: bool,
+        report: UpdateReport,
+        loss_scale: Option<f64>,
         started: Instant,
     ) -> StepMetrics {
         let config = self.config;
@@ -362,16 +403,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         StepMetrics {
             step,
             tokens: self.state.tokens,
-            loss,
+            loss: report.loss,
             lr: config.schedule.lr(step),
-            grad_norm,
-            clip_coef,
+            grad_norm: report.grad_norm,
+            clip_coef: report.clip_coef,
             tokens_per_second,
             mfu: (config.peak_flops > 0.0)
                 .then(|| tokens_per_second * config.flops_per_token() / config.peak_flops),
             val_loss: None,
             val_ppl: None,
-            skipped,
+            skipped: report.skipped,
+            loss_scale,
         }
     }
 

@@ -1,4 +1,5 @@
-//! One-batch training parity with PyTorch (HF OPT + torch AdamW + clip_grad_norm_) for every
+//! One-batch training parity with PyTorch (HF OPT + torch AdamW + clip_grad_norm_), through the
+//! training loop's flat AdamW ([`FlatAdamW`], clip included), for every
 //! `train_step` fixture under `$OPT_HF_FIXTURES`: loss, grad norm, clip coefficient, raw gradients
 //! and parameters after each recorded step, for each weight-decay variant.
 
@@ -13,8 +14,9 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use opt::model::{checkpoint, loss, Opt};
+use opt::train::bucket::flatten_grads;
 use opt::train::precision::compute_loss;
-use opt::train::{clip_grad_norm, AdamWSettings, DecayRule, LrSchedule, OptAdamW, Precision};
+use opt::train::{AdamWSettings, Clip, DecayRule, FlatAdamW, LrSchedule, Precision};
 use opt::BackendTask;
 
 struct TrainParity;
@@ -76,7 +78,7 @@ fn run_variant<B: AutodiffBackend>(
         weight_decay: train["weight_decay"].as_f64().unwrap() as f32,
         decay: rule,
     };
-    let mut optim = OptAdamW::<Opt<B>, B>::new(&settings);
+    let mut optim = FlatAdamW::<B>::new(&settings, &model, device);
     let max_lr = train["max_lr"].as_f64().unwrap();
     let warmup = train["warmup_steps"].as_u64().unwrap();
     let schedule = LrSchedule {
@@ -120,7 +122,8 @@ fn run_variant<B: AutodiffBackend>(
             tol("loss"),
             None,
         );
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let loss_inner = loss.clone().inner();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
         if k == 1 {
             let ours = grads_by_hf_name(&model, &grads);
             let mut worst = 0.0f64;
@@ -135,7 +138,14 @@ fn run_variant<B: AutodiffBackend>(
             }
             println!("{name}: raw step-1 gradients max |diff| = {worst:.3e}");
         }
-        let (norm, coef) = clip_grad_norm(&model, &mut grads, clip);
+        let flat = flatten_grads(&model, &grads, loss_inner);
+        let clip = Clip {
+            max_norm: clip,
+            grad_scale: 1.0,
+        };
+        let (updated, report) = optim.step(lr, model, flat, clip);
+        model = updated;
+        let (norm, coef) = (report.grad_norm, report.clip_coef);
         let dn = assert_close(
             &format!("{name} grad_norm step {k}"),
             &[norm],
@@ -153,7 +163,6 @@ fn run_variant<B: AutodiffBackend>(
         if k == 1 {
             clip_coef_1 = step["clip_coef"].as_f64().unwrap();
         }
-        model = optim.step(lr, model, grads);
         println!(
             "{name} step {k}: loss diff {d:.2e}, grad_norm diff {dn:.2e}, clip_coef diff {dc:.2e}"
         );
