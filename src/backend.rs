@@ -121,36 +121,36 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
 /// The memory pools of the GPU backends. cubecl 0.10's default preset slices every allocation
 /// above a quarter of its largest page out of pages of `max_page_size` (a quarter of the device's
 /// memory on CUDA: an 80 GB H100 reserves 20 GB pages for every tensor over ~2.66 GB, and fails
-/// when no 20 GB are left in one piece). Here small allocations are sliced out of pages of 8 to
-/// 128 MiB (under WebGPU's 128 MiB binding limit), and anything larger gets a page of its own, sized
-/// to it, reused by later allocations of that size or less and returned to the device after
-/// 10,000 allocations unused.
+/// when no 20 GB are left in one piece). Here allocations up to 32 MiB are sliced out of pages of
+/// 8 to 128 MiB (under WebGPU's 128 MiB binding limit), and a larger one gets a page of its own,
+/// sized to it, from the pool of its power-of-two size class (a pool's first page is at least half
+/// its class, so one allocation never reserves more than twice its size); pages are reused by
+/// later allocations that fit and returned to the device after 10,000 allocations unused.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub fn memory_configuration() -> cubecl::MemoryConfiguration {
     use cubecl_runtime::memory_management::{MemoryPoolOptions, PoolType};
     const MIB: u64 = 1 << 20;
-    let pool = |pool_type, dealloc_period| MemoryPoolOptions {
-        pool_type,
-        dealloc_period,
-    };
-    let sliced = |page_size, max_slice_size| {
-        let pages = PoolType::SlicedPages {
+    let sliced = |page_size, max_slice_size| MemoryPoolOptions {
+        pool_type: PoolType::SlicedPages {
             page_size,
             max_slice_size,
-        };
-        pool(pages, None)
+        },
+        dealloc_period: None,
     };
-    let exclusive = |max_alloc_size| PoolType::ExclusivePages { max_alloc_size };
-    cubecl::MemoryConfiguration::Custom {
-        pool_options: vec![
-            // Below the offset alignment (as cubecl's preset: such slices cannot be offset).
-            pool(exclusive(0), None),
-            sliced(8 * MIB, MIB),
-            sliced(32 * MIB, 8 * MIB),
-            sliced(128 * MIB, 32 * MIB),
-            pool(exclusive(u64::MAX), Some(10_000)),
-        ],
-    }
+    let exclusive = |max_alloc_size, dealloc_period| MemoryPoolOptions {
+        pool_type: PoolType::ExclusivePages { max_alloc_size },
+        dealloc_period,
+    };
+    // Below the offset alignment (as cubecl's preset: such slices cannot be offset).
+    let mut pool_options = vec![exclusive(0, None)];
+    pool_options.extend([
+        sliced(8 * MIB, MIB),
+        sliced(32 * MIB, 8 * MIB),
+        sliced(128 * MIB, 32 * MIB),
+    ]);
+    // Size classes of 64 MiB to 1 TiB.
+    pool_options.extend((26..=40).map(|k| exclusive(1u64 << k, Some(10_000))));
+    cubecl::MemoryConfiguration::Custom { pool_options }
 }
 
 /// Bytes the device's memory pool holds (cubecl's `bytes_reserved`: what the process has taken

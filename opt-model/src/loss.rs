@@ -41,7 +41,7 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
 /// the [1024, 50272] logits of a larger slice scored NaN.
 pub const LM_HEAD_SLICE_BYTES: usize = 64 << 20;
 
-/// The slice size on CUDA: 512 MiB (2,670 rows of OPT's vocabulary, a 206 GFLOP matmul at the
+/// The slice size on CUDA: 512 MiB (2,669 rows of OPT's vocabulary, a 206 GFLOP matmul at the
 /// 125m width). A GPU wants few, large launches: at 64 MiB a slice's matmul takes ~26 µs on an
 /// H100, the order of the launches around it (softmax, gather, backward). The logits and their
 /// gradient are then 1 GiB, about 1% of an 80 GB device.
@@ -202,12 +202,12 @@ fn slices(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>
 mod slice_tests {
     use super::*;
 
-    /// 64 MiB / (4 B × 50,272) = 333.7; 512 MiB: 2,670.4; a row of 1 GiB still makes one row.
+    /// 64 MiB / (4 B × 50,272) = 333.7; 512 MiB: 2,669.8; a row of 1 GiB still makes one row.
     #[test]
     fn rows_per_slice_by_hand() {
         assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES, 50272), 333);
         assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES, 8192), 2048);
-        assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES_CUDA, 50272), 2670);
+        assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES_CUDA, 50272), 2669);
         assert_eq!(rows_per_slice(LM_HEAD_SLICE_BYTES, 1 << 28), 1);
     }
 }
