@@ -101,61 +101,63 @@ impl<B: AutodiffBackend> FlatAdamW<B> {
         let s = &self.settings;
         let device = flat.device();
         let n = flat.dims()[0] - 1;
-        let grads = flat.clone().slice(0..n);
-        let loss = flat.slice(n..n + 1);
-        assert_eq!(
-            n,
-            self.moment_1.dims()[0],
-            "gradients in the optimizer's flat layout"
-        );
+        // The loss in a tensor of its own, so that the gradients own their buffer: on a CPU
+        // backend the ops below then run in place.
+        let loss = flat.clone().slice(n..n + 1).add_scalar(0.0);
+        let grads = flat.slice(0..n);
 
         // The global norm, the clip coefficient and the skip decision, as [1] tensors.
-        let norm = grads
-            .clone()
-            .square()
-            .sum()
-            .sqrt()
-            .mul_scalar(clip.grad_scale);
+        let squares = grads.clone().square();
+        let norm = squares.clone().sum().sqrt().mul_scalar(clip.grad_scale);
         let coef = match clip.max_norm > 0.0 {
             true => (norm.clone().add_scalar(1e-6).recip() * clip.max_norm).clamp_max(1.0),
             false => Tensor::ones([1], &device),
         };
-        let skip = norm
-            .clone()
-            .is_finite()
-            .bool_and(loss.clone().is_finite())
-            .bool_not();
+        let finite = norm.clone().is_finite().bool_and(loss.clone().is_finite());
+        let skip = finite.bool_not();
 
         // The update's factors, each replaced by the value that leaves everything as it was
-        // when the update is skipped (one op for all of them).
+        // when the update is skipped (one op for all of them): the moments' decays, the
+        // gradient's and its square's weights (times the clip and the unscaling, as a [1]
+        // tensor), the weight decay, and lr / (1 - b1^t).
         let (b1, b2) = (s.beta1, s.beta2);
+        let t = (self.time + 1) as i32;
         let decay_rate = lr * s.weight_decay as f64;
-        let [taken, kept]: [Vec<f32>; 2] = [
-            vec![
-                b1,
-                1.0 - b1,
-                b2,
-                1.0 - b2,
-                (1.0 - decay_rate) as f32,
-                lr as f32,
-            ],
-            vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+        let step_size = lr / (1.0 - b1.powi(t)) as f64;
+        let taken = [
+            b1,
+            1.0 - b1,
+            b2,
+            1.0 - b2,
+            (1.0 - decay_rate) as f32,
+            step_size as f32,
         ];
-        let row = |v: Vec<f32>| Tensor::<Inner<B>, 1>::from_data(TensorData::new(v, [6]), &device);
+        let kept = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let row = |v: [f32; 6]| {
+            Tensor::<Inner<B>, 1>::from_data(TensorData::new(v.to_vec(), [6]), &device)
+        };
         let factors = row(taken).mask_where(skip.clone().expand([6]), row(kept));
         let f = |i: usize| factors.clone().slice(i..i + 1);
         let g_factor = coef
             .clone()
             .mul_scalar(clip.grad_scale)
             .mask_fill(skip.clone(), 0.0);
-        let g = grads.mask_fill(skip.expand([n]), 0.0) * g_factor;
+        // Non-finite values would survive a zero factor (NaN · 0): a skip clears both buffers.
+        let [grads, squares] = [grads, squares].map(|t| t.mask_fill(skip.clone().expand([n]), 0.0));
 
-        let m = self.moment_1.clone() * f(0) + g.clone() * f(1);
-        let v = self.moment_2.clone() * f(2) + g.square() * f(3);
-        let t = (self.time + 1) as i32;
-        let m_hat = m.clone().div_scalar(1f32 - b1.powi(t));
-        let v_hat = v.clone().div_scalar(1f32 - b2.powi(t));
-        let delta = m_hat.div(v_hat.sqrt().add_scalar(s.eps));
+        // Taken out of `self` (and put back below), so that they are updated in place.
+        let empty = || Tensor::<Inner<B>, 1>::zeros([0], &device);
+        let m = std::mem::replace(&mut self.moment_1, empty());
+        let v = std::mem::replace(&mut self.moment_2, empty());
+        let v = v * f(2) + squares * (g_factor.clone().square() * f(3));
+        let m = m * f(0) + grads * (g_factor * f(1));
+        // lr · m̂ / (√v̂ + eps), with 1 / (1 - b1^t) folded into the step size.
+        let denom = v
+            .clone()
+            .div_scalar(1f32 - b2.powi(t))
+            .sqrt()
+            .add_scalar(s.eps);
+        let delta = denom.recip() * m.clone();
 
         let p = bucket::flatten_params::<B, M>(&module, &device);
         let decayed = match (decay_rate == 0.0, &self.no_decay) {

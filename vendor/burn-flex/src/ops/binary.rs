@@ -83,9 +83,8 @@ where
     // PATCHED (vendor/README.md): a strided operand that is not a broadcast (a slice of a
     // larger tensor, e.g. `total[.., ..end, ..] + part`) is copied contiguous by rows too, so the
     // same fast paths apply instead of the scalar `StridedIter` walk.
-    let is_strided = |t: &FlexTensor| {
-        !t.layout().is_contiguous() && !t.layout().strides().contains(&0)
-    };
+    let is_strided =
+        |t: &FlexTensor| !t.layout().is_contiguous() && !t.layout().strides().contains(&0);
     if simd_hint.is_some()
         && !lhs.layout().is_contiguous()
         && (rhs.layout().strides().contains(&0) || is_strided(&lhs))
@@ -99,6 +98,28 @@ where
     } else {
         rhs
     };
+
+    // PATCHED (vendor/README.md): a rhs that is one value broadcast everywhere (a [1] tensor
+    // expanded: the flat AdamW's device-side factors) is a scalar op over a contiguous lhs, in
+    // place when lhs is unique, on the rayon pool; the patterns below took it one row of one
+    // element at a time.
+    if rhs.layout().strides().iter().all(|&s| s == 0)
+        && let Some((l_start, l_end)) = lhs.layout().contiguous_offsets()
+    {
+        let r = rhs.storage::<f32>()[rhs.layout().start_offset()];
+        let shape = lhs.layout().shape().clone();
+        if lhs.is_unique() && l_start == 0 {
+            crate::ops::unary::map_in_place(&mut lhs.storage_mut::<f32>()[..l_end], &|l| op(l, r));
+            return lhs;
+        }
+        let out =
+            crate::ops::unary::map_to_vec(&lhs.storage::<f32>()[l_start..l_end], &|l| op(l, r));
+        return FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(shape),
+            DType::F32,
+        );
+    }
 
     // In-place SIMD fast path: lhs unique contiguous at offset 0, rhs
     // contiguous (no broadcast).

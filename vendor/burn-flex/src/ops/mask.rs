@@ -69,6 +69,19 @@ pub fn mask_fill_f32(tensor: FlexTensor, mask: FlexTensor, value: f32) -> FlexTe
     {
         let dtype = tensor.dtype();
         let (tensor, mask) = crate::ops::expand::broadcast_binary(tensor, mask);
+        // PATCHED (vendor/README.md): a mask that is one value broadcast everywhere (a [1] flag
+        // expanded: the flat AdamW's skip) leaves the tensor as it is, or fills it.
+        if mask.layout().strides().iter().all(|&s| s == 0) {
+            let shape = tensor.layout().shape().clone();
+            return match mask.bytes()[mask.layout().start_offset()] != 0 {
+                false => tensor,
+                true => FlexTensor::new(
+                    Bytes::from_elems(vec![value; shape.num_elements()]),
+                    Layout::contiguous(shape),
+                    dtype,
+                ),
+            };
+        }
         let tensor = tensor.to_contiguous();
         let shape = tensor.layout().shape().clone();
         let len = tensor.storage::<f32>().len();
