@@ -87,8 +87,10 @@ fn run<B: AutodiffBackend>(decay: DecayRule, device: &B::Device) {
         }
         assert!(!report.skipped);
         let (norm, coef) = clip_grad_norm(&a, &mut grads, max_norm);
+        // The same squares summed in another order (one flat sum against per-tensor sums; ndarray
+        // sums a buffer sequentially): float32 rounding, ~1e-6 relative here.
         assert!(
-            (report.grad_norm - norm).abs() <= 1e-6 * norm,
+            (report.grad_norm - norm).abs() <= 1e-5 * norm,
             "step {step}: norm {} vs {norm}",
             report.grad_norm
         );
@@ -97,11 +99,13 @@ fn run<B: AutodiffBackend>(decay: DecayRule, device: &B::Device) {
     }
     assert!(clipped >= 1, "some update was clipped");
     assert_eq!(flat.time(), STEPS - 1, "the skipped update is not counted");
-    // Per tensor, the largest difference relative to the tensor's largest value: elements that
-    // the updates moved near zero would make an elementwise ratio meaningless.
+    // Per tensor, the largest difference relative to the tensor's largest value, or to 1e-3 (the
+    // first update's lr, about what Adam moves a parameter by) for a tensor that stays near zero
+    // (k_proj's bias: its gradient is zero up to rounding, softmax ignores a shift of all keys).
+    // An elementwise ratio would be meaningless for elements the updates moved near zero.
     let mut worst = 0.0f64;
     for (i, (w, g)) in values(&a).iter().zip(values(&b)).enumerate() {
-        let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let scale = w.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
         let diff = w
             .iter()
             .zip(&g)
