@@ -53,7 +53,7 @@ fn run<B: AutodiffBackend>(decay: DecayRule, device: &B::Device) {
     for step in 1..=STEPS {
         let lr = 1e-2 * step as f64 / STEPS as f64;
         let tokens: Vec<i64> = (0..2 * 16)
-            .map(|i| ((i * 7 + step as i64 * 13) % 96) as i64)
+            .map(|i| (i * 7 + step as i64 * 13) % 96)
             .collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [2, 16]), device);
         let loss = compute_loss(

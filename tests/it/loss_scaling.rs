@@ -71,8 +71,12 @@ impl BackendTask for Overflow {
             &s[..skipped + 2]
         );
         assert!(skipped >= 10, "2^40 overflows float16 gradients");
-        for k in 0..skipped {
-            assert_eq!(s[k], 2f64.powi(40 - k as i32), "halved after each overflow");
+        for (k, scale) in s.iter().take(skipped).enumerate() {
+            assert_eq!(
+                *scale,
+                2f64.powi(40 - k as i32),
+                "halved after each overflow"
+            );
         }
         assert!(!m[skipped].skipped && !m[skipped + 1].skipped);
         assert_eq!(s[skipped], s[skipped - 1] / 2.0);
