@@ -63,6 +63,9 @@ impl BackendKind {
 /// Code generic over the backend, run by [`run`] on the chosen one.
 pub trait BackendTask {
     type Output;
+    /// A training task: on cuda it runs on Burn's fused backend. Every other task (decoding,
+    /// scoring) runs unfused there: fused KV-cache decoding gave wrong logits (tracel-ai/burn#4366).
+    const TRAINS: bool = false;
     /// Run on backend `B` (an autodiff backend; use `.valid()` modules for inference).
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
 }
@@ -90,7 +93,11 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
-            type B = burn::backend::Autodiff<burn::backend::Wgpu>;
+            type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+            #[cfg(feature = "fusion")]
+            type B = burn::backend::Autodiff<burn_fusion::Fusion<Wgpu>>;
+            #[cfg(not(feature = "fusion"))]
+            type B = burn::backend::Autodiff<Wgpu>;
             let device = burn::backend::wgpu::WgpuDevice::default();
             static POOLS: std::sync::Once = std::sync::Once::new();
             POOLS.call_once(|| {
@@ -106,10 +113,16 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            type B = burn::backend::Autodiff<burn::backend::Cuda>;
+            type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+            type B = burn::backend::Autodiff<Cuda>;
             let device = burn::backend::cuda::CudaDevice::default();
             // Read when the device's server starts (vendor/cubecl-cuda, PATCHED).
             cubecl::cuda::set_memory_configuration(memory_configuration());
+            if T::TRAINS {
+                type Fused = burn::backend::Autodiff<burn_fusion::Fusion<Cuda>>;
+                probe::<Fused>(kind, &device)?;
+                return Ok(task.run::<Fused>(device));
+            }
             probe::<B>(kind, &device)?;
             Ok(task.run::<B>(device))
         }

@@ -127,6 +127,7 @@ struct BenchTrain(BenchTrainArgs);
 
 impl BackendTask for BenchTrain {
     type Output = Result<()>;
+    const TRAINS: bool = true;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let mut p = find_preset(&a.preset)?;

@@ -44,6 +44,7 @@ struct BenchOptim(BenchOptimArgs);
 
 impl BackendTask for BenchOptim {
     type Output = Result<()>;
+    const TRAINS: bool = true;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         if a.updates == 0 {

@@ -128,6 +128,7 @@ struct Train(TrainArgs);
 
 impl BackendTask for Train {
     type Output = Result<()>;
+    const TRAINS: bool = true;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let resume = args.resume.is_some();

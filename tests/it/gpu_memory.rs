@@ -28,7 +28,11 @@ mod own_device {
             ..Default::default()
         };
         init_setup::<AutoGraphicsApi>(&device, options);
-        let reserved = || opt::backend::device_memory_reserved::<Wgpu>(&device).unwrap();
+        // Synced first: with `fusion` the ops are queued until then.
+        let reserved = || {
+            <Wgpu as Backend>::sync(&device).unwrap();
+            opt::backend::device_memory_reserved::<Wgpu>(&device).unwrap()
+        };
         let before = reserved();
         // 96 MiB of f32: above every slice (32 MiB), under WebGPU's 128 MiB binding limit.
         let n = 24 << 20;
