@@ -63,8 +63,9 @@ impl BackendKind {
 /// Code generic over the backend, run by [`run`] on the chosen one.
 pub trait BackendTask {
     type Output;
-    /// A training task: on cuda it runs on Burn's fused backend. Every other task (decoding,
-    /// scoring) runs unfused there: fused KV-cache decoding gave wrong logits (tracel-ai/burn#4366).
+    /// A training task: on cuda built with `fusion` it runs on Burn's fused backend. Every other
+    /// task (decoding, scoring) runs unfused there: fused KV-cache decoding gave wrong logits
+    /// (tracel-ai/burn#4366).
     const TRAINS: bool = false;
     /// Run on backend `B` (an autodiff backend; use `.valid()` modules for inference).
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
@@ -118,6 +119,7 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
             let device = burn::backend::cuda::CudaDevice::default();
             // Read when the device's server starts (vendor/cubecl-cuda, PATCHED).
             cubecl::cuda::set_memory_configuration(memory_configuration());
+            #[cfg(feature = "fusion")]
             if T::TRAINS {
                 type Fused = burn::backend::Autodiff<burn_fusion::Fusion<Cuda>>;
                 probe::<Fused>(kind, &device)?;
