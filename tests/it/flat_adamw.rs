@@ -151,3 +151,48 @@ fn poison<B: AutodiffBackend>(model: &Opt<B>, grads: &mut GradientsParams) {
 fn flat_adamw_equals_burns_adamw_after_ten_steps() {
     on_backend(FlatEqualsPerTensor);
 }
+
+/// A checkpoint from before the flat optimizer (its `state.json` has no `format`, its AdamW state
+/// is per tensor) is refused by name on resume, not read as something else.
+struct OldCheckpoint;
+
+impl BackendTask for OldCheckpoint {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) {
+        use crate::train_loop::{generated_tokens, small_config};
+        use opt::train::{train, TrainData};
+        let _rng = crate::common::rng_lock();
+        let mut config = small_config(1);
+        config.checkpoint_every = 1;
+        let data = TrainData {
+            train: generated_tokens(5_000, 64).into(),
+            valid: Vec::new().into(),
+        };
+        let out = tempfile::tempdir().unwrap();
+        let go = |resume| {
+            train::<B>(&config, &data, out.path(), resume, &device, |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+        };
+        go(false).unwrap();
+        let state_path = out.path().join("checkpoints/step-1/state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+        assert_eq!(state["format"], 2, "{state}");
+        state.as_object_mut().unwrap().remove("format");
+        std::fs::write(&state_path, state.to_string()).unwrap();
+        let message = go(true)
+            .map(|_| ())
+            .expect_err("an old checkpoint is refused")
+            .to_string();
+        assert!(
+            message.contains("step-1 is in format 0 (per-tensor AdamW state"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_from_before_the_flat_optimizer_is_refused_by_name() {
+    on_backend(OldCheckpoint);
+}
