@@ -101,14 +101,7 @@ pub fn run<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, Back
             type B = burn::backend::Autodiff<Wgpu>;
             let device = burn::backend::wgpu::WgpuDevice::default();
             static POOLS: std::sync::Once = std::sync::Once::new();
-            POOLS.call_once(|| {
-                use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions};
-                let options = RuntimeOptions {
-                    memory_config: memory_configuration(),
-                    ..Default::default()
-                };
-                init_setup::<AutoGraphicsApi>(&device, options);
-            });
+            POOLS.call_once(|| init_wgpu(&device));
             probe::<B>(kind, &device)?;
             Ok(task.run::<B>(device))
         }
@@ -166,6 +159,18 @@ pub fn memory_configuration() -> cubecl::MemoryConfiguration {
     // Size classes of 64 MiB to 1 TiB.
     pool_options.extend((26..=40).map(|k| exclusive(1u64 << k, Some(10_000))));
     cubecl::MemoryConfiguration::Custom { pool_options }
+}
+
+/// Start wgpu's `device` with our memory pools ([`memory_configuration`]); once per device,
+/// before its first use.
+#[cfg(feature = "wgpu")]
+pub fn init_wgpu(device: &burn::backend::wgpu::WgpuDevice) {
+    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions};
+    let options = RuntimeOptions {
+        memory_config: memory_configuration(),
+        ..Default::default()
+    };
+    init_setup::<AutoGraphicsApi>(device, options);
 }
 
 /// Bytes the device's memory pool holds (cubecl's `bytes_reserved`: what the process has taken

@@ -41,16 +41,22 @@ pub(crate) struct LoopState {
 }
 
 pub(crate) type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
-/// Refuse a resume whose model config differs from the one `dir`'s checkpoint was made with
-/// (loading it would put tensors of one shape into a model of another).
-pub(crate) fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), TrainError> {
+/// Refuse a resume from `dir` that cannot be read as what it is: a model config that differs
+/// from the run's (loading it would put tensors of one shape into a model of another), or a
+/// checkpoint of another format. An unreadable `state.json` passes: the resume falls back past it.
+pub(crate) fn check_resumable(dir: &Path, model: &OptConfig) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
-        return Ok(()); // unreadable: the resume falls back past it
+        return Ok(());
     };
-    let Ok(LoopState {
-        model: Some(saved), ..
-    }) = serde_json::from_str::<LoopState>(&text)
-    else {
+    let Ok(state) = serde_json::from_str::<LoopState>(&text) else {
+        return Ok(());
+    };
+    check_model_config(dir, &state, model)?;
+    check_format(dir, &state)
+}
+
+fn check_model_config(dir: &Path, state: &LoopState, model: &OptConfig) -> Result<(), TrainError> {
+    let Some(saved) = &state.model else {
         return Ok(());
     };
     let as_map = |c: &OptConfig| {
@@ -58,7 +64,7 @@ pub(crate) fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), Tr
         c.extra.clear();
         serde_json::to_value(c).expect("config serialises")
     };
-    let (saved, given) = (as_map(&saved), as_map(model));
+    let (saved, given) = (as_map(saved), as_map(model));
     if let Some((key, was)) = saved
         .as_object()
         .into_iter()
@@ -75,14 +81,8 @@ pub(crate) fn check_model_config(dir: &Path, model: &OptConfig) -> Result<(), Tr
     Ok(())
 }
 
-/// Refuse a checkpoint of another format by name (its optimizer state cannot be read).
-pub(crate) fn check_format(dir: &Path) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
-        return Ok(()); // unreadable: the resume falls back past it
-    };
-    let Ok(state) = serde_json::from_str::<LoopState>(&text) else {
-        return Ok(());
-    };
+/// A checkpoint of another format, by name (its optimizer state cannot be read).
+fn check_format(dir: &Path, state: &LoopState) -> Result<(), TrainError> {
     if state.format == CHECKPOINT_FORMAT {
         return Ok(());
     }

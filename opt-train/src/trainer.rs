@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket;
 use crate::checkpoint::{
-    check_format, check_model_config, checkpoint_dirs, load_checkpoint, save_checkpoint, Loaded,
-    LoopState, CHECKPOINT_FORMAT,
+    check_resumable, checkpoint_dirs, load_checkpoint, save_checkpoint, Loaded, LoopState,
+    CHECKPOINT_FORMAT,
 };
 use crate::collective::{Collective, Fault};
 use crate::config::{TrainConfig, TrainData, TrainError};
@@ -217,8 +217,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     fn resume(&mut self) -> Result<(), TrainError> {
         let (config, device) = (self.config, &self.device);
         for dir in checkpoint_dirs(self.out) {
-            check_model_config(&dir, &config.model)?;
-            check_format(&dir)?;
+            check_resumable(&dir, &config.model)?;
             match load_checkpoint(&dir, self.model().clone(), &config.adamw, device) {
                 Ok(Loaded {
                     model,

@@ -16,18 +16,14 @@ fn a_tensor_larger_than_a_pool_page_gets_a_page_of_its_size() {
 
 #[cfg(feature = "wgpu")]
 mod own_device {
-    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions, WgpuDevice};
+    use burn::backend::wgpu::WgpuDevice;
     use burn::backend::Wgpu;
     use burn::prelude::*;
 
     pub fn run() {
         // The CPU adapter (lavapipe): a second device beside the tests' default one.
         let device = WgpuDevice::Cpu;
-        let options = RuntimeOptions {
-            memory_config: opt::backend::memory_configuration(),
-            ..Default::default()
-        };
-        init_setup::<AutoGraphicsApi>(&device, options);
+        opt::backend::init_wgpu(&device);
         // Synced first: with `fusion` the ops are queued until then.
         let reserved = || {
             <Wgpu as Backend>::sync(&device).unwrap();
